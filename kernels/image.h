@@ -1,0 +1,58 @@
+/* image.h — image decoding and CLIP-style preprocessing (the CPU stage that
+ * users of other servers complain about most: it must be fast).
+ *
+ * Decoding uses libjpeg-turbo, libpng and libwebp. Inputs are untrusted:
+ * truncated, corrupt, unknown-format and oversized images (the pixel limit
+ * guards against decompression bombs, checked from the header before any
+ * pixel is decoded) are rejected with a message, never a crash.
+ */
+#ifndef MS_IMAGE_H
+#define MS_IMAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MS_IMAGE_MAX_PIXELS_DEFAULT (64u * 1024u * 1024u) /* 64 Mpixel */
+#define MS_IMAGE_MAX_BYTES_DEFAULT  (64u * 1024u * 1024u) /* 64 MiB encoded */
+
+/* Decoded image: RGB8, interleaved, rows packed (stride = 3 * w). */
+typedef struct ms_image {
+    int w;        /* width, pixels */
+    int h;        /* height, pixels */
+    uint8_t *rgb; /* 3 * w * h bytes, owned */
+} ms_image;
+
+typedef enum ms_image_fit {
+    MS_FIT_PAD = 0,  /* pad to square with the mean colour, then resize (LLaVA) */
+    MS_FIT_CROP = 1, /* resize shortest side to size, centre crop (CLIP) */
+    MS_FIT_STRETCH = 2, /* resize to size×size ignoring aspect */
+} ms_image_fit;
+
+typedef struct ms_preprocess_cfg {
+    int size;              /* output side, pixels (the ViT's image_size) */
+    ms_image_fit fit;      /* how to make the image square */
+    float mean[3];         /* per-channel mean, in [0,1] units */
+    float std[3];          /* per-channel std, in [0,1] units */
+    uint64_t max_pixels;   /* decompression-bomb guard; 0 = default */
+    size_t max_bytes;      /* encoded size limit; 0 = default */
+} ms_preprocess_cfg;
+
+/* Decodes JPEG, PNG or WebP (sniffed from the bytes) to RGB8. Alpha is
+ * dropped; greyscale and palette are expanded.
+ * Returns 0, or -1 with a message in err. */
+int ms_image_decode(const uint8_t *data, size_t len, uint64_t max_pixels, ms_image *out,
+                    char *err, size_t err_size);
+void ms_image_fini(ms_image *img);
+
+/* Bicubic resize of RGB8 with PIL's filter (a = -0.5, support scaled when
+ * downsampling, i.e. antialiased), rounding to uint8 like PIL. */
+int ms_image_resize(const ms_image *src, int w, int h, ms_image *out);
+
+/* The whole preprocessing stage: decode, make square per cfg->fit, resize to
+ * cfg->size, normalise to ((x/255) - mean) / std. out holds
+ * 3 * size * size floats, planar CHW (channel-major), as the patch embedding
+ * expects. Returns 0 or -1 + err. */
+int ms_image_preprocess(const uint8_t *data, size_t len, const ms_preprocess_cfg *cfg, float *out,
+                        char *err, size_t err_size);
+
+#endif
