@@ -53,6 +53,8 @@ void ms_gguf_close(ms_gguf **g_p);
 
 uint32_t ms_gguf_version(const ms_gguf *g);
 size_t ms_gguf_alignment(const ms_gguf *g);
+/* File offset of the data section (tensor offsets are relative to it). */
+size_t ms_gguf_data_offset(const ms_gguf *g);
 
 /* Key/values. Keys are NUL-terminated copies. Index -1 = not found. */
 int64_t ms_gguf_n_kv(const ms_gguf *g);
@@ -86,6 +88,8 @@ int ms_gguf_get_arr(const ms_gguf *g, const char *key, ms_gguf_type elem, int64_
 int64_t ms_gguf_n_tensors(const ms_gguf *g);
 ms_tensor *ms_gguf_tensor(ms_gguf *g, int64_t i);
 ms_tensor *ms_gguf_find_tensor(ms_gguf *g, const char *name);
+/* Offset of tensor i's data, relative to the data section (as stored in the file). */
+uint64_t ms_gguf_tensor_offset(const ms_gguf *g, int64_t i);
 /* Finds a tensor and checks its shape: n_dims and ne[0..n_dims). NULL + message
  * ("missing tensor 'x'" / "tensor 'x' has shape [a, b], expected [c, d]"). If
  * `types` is non-zero it is a bit mask (1u << ms_type) of the accepted types. */

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# test.sh — sets up, builds and runs every test: the normal build (labels unit
+# and integration; gpu tests skip themselves without a GPU), then the
+# ASan+UBSan build on the unit tests.
+#
+#   tools/test.sh            everything
+#   tools/test.sh --quick    normal build only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+JOBS=$(nproc)
+
+tools/setup.sh build
+(cd build && ctest --output-on-failure -j"$JOBS")
+
+if [ "${1:-}" != "--quick" ]; then
+  tools/setup.sh build-asan -DMS_SANITIZE=ON -DMS_CUDA=OFF
+  (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+     ctest --output-on-failure -j"$JOBS" -L unit)
+fi
+echo "test.sh: all tests passed"
