@@ -21,7 +21,9 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <float.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,22 +35,22 @@
 
 /* Smallest encodings, used to bound counts by the bytes left. */
 #define S_MIN_KV_BYTES     13 /* u64 key length + u32 type + 1 value byte */
-#define S_MIN_TENSOR_BYTES 32 /* u64 name length + u32 n_dims + 1 u64 ne + u32 type + u64 offset */
-#define S_HEADER_BYTES     24 /* magic, version, n_tensors, n_kv */
+#define S_MIN_TENSOR_BYTES 32 /* u64 name length, u32 n_dims, one u64 ne, u32 type, u64 offset */
 
 typedef struct s_kv {
-    char *key;                 /* NUL-terminated copy */
-    ms_gguf_type type;         /* value type */
-    ms_gguf_type arr_type;     /* element type for arrays, UINT8 otherwise */
-    uint64_t arr_n;            /* elements for arrays, 0 otherwise */
-    const uint8_t *raw;        /* scalar value bytes, or array elements (into the file) */
-    char *str;                 /* STRING: NUL-terminated copy of the value */
-    const uint8_t **strs;      /* STRING arrays: each element's u64 length field (into the file) */
+    char *key;             /* NUL-terminated copy */
+    ms_gguf_type type;     /* value type */
+    ms_gguf_type arr_type; /* element type for arrays, UINT8 otherwise */
+    uint64_t arr_n;        /* elements for arrays, 0 otherwise */
+    const uint8_t *raw;    /* scalar value bytes, or array elements (into the file) */
+    char *str;             /* STRING: NUL-terminated copy of the value */
+    const uint8_t **strs;  /* STRING arrays: each element's u64 length field (into the file) */
 } s_kv;
 
 typedef struct s_index {
     size_t *slots; /* index + 1, 0 = empty */
-    size_t cap;    /* power of two */
+    size_t cap;    /* power of two (0 before the first add) */
+    size_t n;      /* entries, at most cap / 2 */
 } s_index;
 
 struct ms_gguf {
@@ -56,14 +58,16 @@ struct ms_gguf {
     size_t size;         /* file size */
     void *map;           /* mmap'd region (NULL for open_memory) */
     uint32_t version;
-    size_t alignment;    /* bytes, power of two */
-    size_t data_offset;  /* file offset of the data section */
+    size_t alignment;   /* bytes, power of two */
+    size_t data_offset; /* file offset of the data section */
     int64_t n_kv;
-    s_kv *kv;            /* [n_kv] */
+    s_kv *kv; /* [n_kv] */
+    size_t kv_cap;
     s_index kv_index;
     int64_t n_tensors;
-    ms_tensor *tensors;  /* [n_tensors], names owned here */
-    uint64_t *offsets;   /* [n_tensors] offset of each tensor in the data section */
+    ms_tensor *tensors; /* [n_tensors], names owned here */
+    uint64_t *offsets;  /* [n_tensors] offset of each tensor in the data section */
+    size_t t_cap;       /* allocated entries of tensors and offsets */
     s_index t_index;
 };
 
@@ -71,8 +75,8 @@ struct ms_gguf {
 
 const char *ms_gguf_type_name(ms_gguf_type t) {
     static const char *names[MS_GGUF_TYPE_COUNT] = {
-        "uint8", "int8",  "uint16", "int16",  "uint32", "int32",  "float32",
-        "bool",  "string", "array", "uint64", "int64",  "float64",
+        "uint8", "int8",   "uint16", "int16",  "uint32", "int32",   "float32",
+        "bool",  "string", "array",  "uint64", "int64",  "float64",
     };
     return (unsigned)t < MS_GGUF_TYPE_COUNT ? names[t] : "unknown";
 }
@@ -80,12 +84,12 @@ const char *ms_gguf_type_name(ms_gguf_type t) {
 /* ggml type names, for messages about types we do not compute with. */
 static const char *s_ggml_type_name(uint32_t t) {
     static const char *names[] = {
-        [0] = "f32",     [1] = "f16",    [2] = "q4_0",    [3] = "q4_1",    [6] = "q5_0",
-        [7] = "q5_1",    [8] = "q8_0",   [9] = "q8_1",    [10] = "q2_K",   [11] = "q3_K",
-        [12] = "q4_K",   [13] = "q5_K",  [14] = "q6_K",   [15] = "q8_K",   [16] = "iq2_xxs",
+        [0] = "f32",     [1] = "f16",      [2] = "q4_0",   [3] = "q4_1",    [6] = "q5_0",
+        [7] = "q5_1",    [8] = "q8_0",     [9] = "q8_1",   [10] = "q2_K",   [11] = "q3_K",
+        [12] = "q4_K",   [13] = "q5_K",    [14] = "q6_K",  [15] = "q8_K",   [16] = "iq2_xxs",
         [17] = "iq2_xs", [18] = "iq3_xxs", [19] = "iq1_s", [20] = "iq4_nl", [21] = "iq3_s",
-        [22] = "iq2_s",  [23] = "iq4_xs", [24] = "i8",    [25] = "i16",    [26] = "i32",
-        [27] = "i64",    [28] = "f64",   [29] = "iq1_m",  [30] = "bf16",   [34] = "tq1_0",
+        [22] = "iq2_s",  [23] = "iq4_xs",  [24] = "i8",    [25] = "i16",    [26] = "i32",
+        [27] = "i64",    [28] = "f64",     [29] = "iq1_m", [30] = "bf16",   [34] = "tq1_0",
         [35] = "tq2_0",
     };
     if (t < MS_ARRAY_LEN(names) && names[t]) return names[t];
@@ -94,11 +98,23 @@ static const char *s_ggml_type_name(uint32_t t) {
 
 static size_t s_scalar_size(ms_gguf_type t) {
     switch (t) {
-    case MS_GGUF_UINT8: case MS_GGUF_INT8: case MS_GGUF_BOOL: return 1;
-    case MS_GGUF_UINT16: case MS_GGUF_INT16: return 2;
-    case MS_GGUF_UINT32: case MS_GGUF_INT32: case MS_GGUF_FLOAT32: return 4;
-    case MS_GGUF_UINT64: case MS_GGUF_INT64: case MS_GGUF_FLOAT64: return 8;
-    default: return 0;
+    case MS_GGUF_UINT8:
+    case MS_GGUF_INT8:
+    case MS_GGUF_BOOL:
+        return 1;
+    case MS_GGUF_UINT16:
+    case MS_GGUF_INT16:
+        return 2;
+    case MS_GGUF_UINT32:
+    case MS_GGUF_INT32:
+    case MS_GGUF_FLOAT32:
+        return 4;
+    case MS_GGUF_UINT64:
+    case MS_GGUF_INT64:
+    case MS_GGUF_FLOAT64:
+        return 8;
+    default:
+        return 0;
     }
 }
 
@@ -122,39 +138,66 @@ static uint64_t s_ld64(const uint8_t *p) {
 
 /* ---- name index (open addressing) ---------------------------------------- */
 
-static void s_index_init(s_index *ix, size_t n) {
-    size_t cap = 16;
-    while (cap < 2 * n) cap *= 2;
-    ix->cap = cap;
-    ix->slots = ms_xcalloc(cap, sizeof *ix->slots);
-}
+/* The tables grow with the entries actually parsed (never with a count read
+ * from the header), so memory stays proportional to the bytes consumed. */
+
+typedef const char *(*s_name_fn)(const void *ctx, size_t i);
 
 static void s_index_fini(s_index *ix) {
     free(ix->slots);
     ix->slots = NULL;
-    ix->cap = 0;
+    ix->cap = ix->n = 0;
 }
 
-/* Looks `name` up; names[i] gives the name of entry i. Returns the entry or -1,
- * and the slot where it is / would go. */
-static int64_t s_index_find(const s_index *ix, const char *name, const char *(*name_of)(const void *, size_t),
-                            const void *ctx, size_t *slot_out) {
-    if (!ix->slots) return -1;
+static void s_index_place(s_index *ix, size_t i, const char *name) {
+    size_t mask = ix->cap - 1;
+    size_t h = (size_t)ms_hash64(name, strlen(name)) & mask;
+    while (ix->slots[h])
+        h = (h + 1) & mask;
+    ix->slots[h] = i + 1;
+}
+
+/* Looks `name` up; name_of(ctx, i) gives the name of entry i. Entry or -1. */
+static int64_t s_index_find(const s_index *ix, const char *name, s_name_fn name_of,
+                            const void *ctx) {
+    if (!ix->cap) return -1;
     size_t mask = ix->cap - 1;
     size_t h = (size_t)ms_hash64(name, strlen(name)) & mask;
     while (ix->slots[h]) {
         size_t i = ix->slots[h] - 1;
-        if (!strcmp(name_of(ctx, i), name)) {
-            if (slot_out) *slot_out = h;
-            return (int64_t)i;
-        }
+        if (!strcmp(name_of(ctx, i), name)) return (int64_t)i;
         h = (h + 1) & mask;
     }
-    if (slot_out) *slot_out = h;
     return -1;
 }
 
-static const char *s_kv_name(const void *ctx, size_t i) { return ((const s_kv *)ctx)[i].key; }
+/* Adds entry i (not yet present), keeping the table at most half full. */
+static void s_index_add(s_index *ix, size_t i, s_name_fn name_of, const void *ctx) {
+    if (2 * (ix->n + 1) > ix->cap) {
+        size_t *old = ix->slots, old_cap = ix->cap;
+        ix->cap = old_cap ? 2 * old_cap : 16;
+        ix->slots = ms_xcalloc(ix->cap, sizeof *ix->slots);
+        for (size_t k = 0; k < old_cap; k++)
+            if (old[k]) s_index_place(ix, old[k] - 1, name_of(ctx, old[k] - 1));
+        free(old);
+    }
+    s_index_place(ix, i, name_of(ctx, i));
+    ix->n++;
+}
+
+/* Makes room for entry i in an array of `elem`-byte entries (new entries zeroed). */
+static void *s_grow(void *p, size_t *cap, size_t i, size_t elem) {
+    if (i < *cap) return p;
+    size_t n = *cap ? 2 * *cap : 16;
+    p = ms_xrealloc(p, n * elem);
+    memset((char *)p + *cap * elem, 0, (n - *cap) * elem);
+    *cap = n;
+    return p;
+}
+
+static const char *s_kv_name(const void *ctx, size_t i) {
+    return ((const s_kv *)ctx)[i].key;
+}
 static const char *s_tensor_name(const void *ctx, size_t i) {
     return ((const ms_tensor *)ctx)[i].name;
 }
@@ -169,7 +212,9 @@ typedef struct s_cur {
     size_t err_size;
 } s_cur;
 
-static size_t s_left(const s_cur *c) { return c->size - c->pos; }
+static size_t s_left(const s_cur *c) {
+    return c->size - c->pos;
+}
 
 /* Checks that n bytes remain; `what` names the thing being read. */
 static int s_need(s_cur *c, uint64_t n, const char *what) {
@@ -260,8 +305,8 @@ static int s_read_value(s_cur *c, s_kv *kv, const char *what) {
     at = c->pos;
     if (s_u32(c, &et, what)) return -1;
     if (et == MS_GGUF_ARRAY)
-        return ms_errf(c->err, c->err_size,
-                       "%s: arrays of arrays are not supported (offset %zu)", what, at);
+        return ms_errf(c->err, c->err_size, "%s: arrays of arrays are not supported (offset %zu)",
+                       what, at);
     if (et >= MS_GGUF_TYPE_COUNT)
         return ms_errf(c->err, c->err_size,
                        "%s: unknown array element type %" PRIu32 " at offset %zu", what, et, at);
@@ -302,21 +347,23 @@ static int s_read_value(s_cur *c, s_kv *kv, const char *what) {
     return 0;
 }
 
-/* Reads g->n_kv key/values (entries are zeroed, so close() frees a partial read). */
-static int s_read_kvs(ms_gguf *g, s_cur *c) {
-    for (int64_t i = 0; i < g->n_kv; i++) {
+/* Reads n key/values; g->n_kv counts the entries started, so close() frees a
+ * partial read. */
+static int s_read_kvs(ms_gguf *g, s_cur *c, uint64_t n) {
+    for (int64_t i = 0; i < (int64_t)n; i++) {
         char what[MS_ERR_SIZE / 2];
         snprintf(what, sizeof what, "key #%" PRId64, i);
+        g->kv = s_grow(g->kv, &g->kv_cap, (size_t)i, sizeof *g->kv);
+        g->n_kv = i + 1;
         s_kv *kv = &g->kv[i];
         kv->key = s_name(c, what);
         if (!kv->key) return -1;
         snprintf(what, sizeof what, "key '%.200s'", kv->key);
-        size_t slot;
-        if (s_index_find(&g->kv_index, kv->key, s_kv_name, g->kv, &slot) >= 0)
+        if (s_index_find(&g->kv_index, kv->key, s_kv_name, g->kv) >= 0)
             return ms_errf(c->err, c->err_size, "duplicate key '%.200s' (key #%" PRId64 ")",
                            kv->key, i);
         if (s_read_value(c, kv, what)) return -1;
-        g->kv_index.slots[slot] = (size_t)i + 1;
+        s_index_add(&g->kv_index, (size_t)i, s_kv_name, g->kv);
     }
     return 0;
 }
@@ -343,24 +390,28 @@ static int s_read_alignment(ms_gguf *g, char *err, size_t err_size) {
 static int s_read_tensor_info(ms_gguf *g, s_cur *c, int64_t i) {
     char what[MS_ERR_SIZE / 2];
     snprintf(what, sizeof what, "tensor #%" PRId64, i);
+    size_t cap = g->t_cap;
+    g->tensors = s_grow(g->tensors, &cap, (size_t)i, sizeof *g->tensors);
+    g->offsets = s_grow(g->offsets, &g->t_cap, (size_t)i, sizeof *g->offsets);
+    g->n_tensors = i + 1; /* so close() frees a partial read */
     ms_tensor *t = &g->tensors[i];
     char *name = s_name(c, what);
     if (!name) return -1;
     t->name = name;
-    size_t slot;
-    if (s_index_find(&g->t_index, name, s_tensor_name, g->tensors, &slot) >= 0)
+    if (s_index_find(&g->t_index, name, s_tensor_name, g->tensors) >= 0)
         return ms_errf(c->err, c->err_size, "duplicate tensor name '%.200s' (tensor #%" PRId64 ")",
                        name, i);
-    g->t_index.slots[slot] = (size_t)i + 1;
+    s_index_add(&g->t_index, (size_t)i, s_tensor_name, g->tensors);
     snprintf(what, sizeof what, "tensor '%.200s'", name);
 
     uint32_t n_dims, type;
     if (s_u32(c, &n_dims, what)) return -1;
     if (n_dims == 0 || n_dims > MS_MAX_DIMS)
-        return ms_errf(c->err, c->err_size, "%s: n_dims %" PRIu32 " is not in 1..%d", what,
-                       n_dims, MS_MAX_DIMS);
+        return ms_errf(c->err, c->err_size, "%s: n_dims %" PRIu32 " is not in 1..%d", what, n_dims,
+                       MS_MAX_DIMS);
     t->n_dims = (int)n_dims;
-    for (int d = 0; d < MS_MAX_DIMS; d++) t->ne[d] = 1;
+    for (int d = 0; d < MS_MAX_DIMS; d++)
+        t->ne[d] = 1;
     int64_t nel = 1;
     for (uint32_t d = 0; d < n_dims; d++) {
         uint64_t ne;
@@ -420,7 +471,7 @@ static int s_cmp_u64_pairs(const void *a, const void *b) {
 /* Data ranges: inside the file, no two tensors overlapping. */
 static int s_check_ranges(ms_gguf *g, char *err, size_t err_size) {
     size_t data_size = g->size - g->data_offset; /* caller checked data_offset <= size */
-    uint64_t (*order)[2] = ms_xmalloc((size_t)(g->n_tensors ? g->n_tensors : 1) * sizeof *order);
+    uint64_t(*order)[2] = ms_xmalloc((size_t)(g->n_tensors ? g->n_tensors : 1) * sizeof *order);
     int64_t n = 0;
     int rc = 0;
     for (int64_t i = 0; i < g->n_tensors; i++) {
@@ -477,8 +528,7 @@ static int s_parse(ms_gguf *g, char *err, size_t err_size) {
     if (g->version != 2 && g->version != 3) {
         if (g->version == 0x02000000u || g->version == 0x03000000u)
             return ms_errf(err, err_size,
-                           "unsupported version %" PRIu32 " (a big-endian GGUF file?)",
-                           g->version);
+                           "unsupported version %" PRIu32 " (a big-endian GGUF file?)", g->version);
         return ms_errf(err, err_size, "unsupported version %" PRIu32 " (supported: 2, 3)",
                        g->version);
     }
@@ -501,16 +551,9 @@ static int s_parse(ms_gguf *g, char *err, size_t err_size) {
                        " need more bytes than the %zu that follow the header",
                        n_kv, n_tensors, s_left(&c));
 
-    g->kv = ms_xcalloc((size_t)(n_kv ? n_kv : 1), sizeof *g->kv);
-    s_index_init(&g->kv_index, (size_t)n_kv);
-    g->n_kv = (int64_t)n_kv;
-    if (s_read_kvs(g, &c)) return -1;
+    if (s_read_kvs(g, &c, n_kv)) return -1;
     if (s_read_alignment(g, err, err_size)) return -1;
 
-    g->tensors = ms_xcalloc((size_t)(n_tensors ? n_tensors : 1), sizeof *g->tensors);
-    g->offsets = ms_xcalloc((size_t)(n_tensors ? n_tensors : 1), sizeof *g->offsets);
-    s_index_init(&g->t_index, (size_t)n_tensors);
-    g->n_tensors = (int64_t)n_tensors; /* entries are zeroed: close() frees a partial read */
     for (uint64_t i = 0; i < n_tensors; i++)
         if (s_read_tensor_info(g, &c, (int64_t)i)) return -1;
 
@@ -568,8 +611,7 @@ ms_gguf *ms_gguf_open(const char *path, char *err, size_t err_size) {
     int map_errno = errno;
     close(fd);
     if (map == MAP_FAILED) {
-        ms_errf(err, err_size, "%s: mmap of %zu bytes failed: %s", path, size,
-                strerror(map_errno));
+        ms_errf(err, err_size, "%s: mmap of %zu bytes failed: %s", path, size, strerror(map_errno));
         return NULL;
     }
     ms_gguf *g = ms_gguf_open_memory(map, size, msg, sizeof msg);
@@ -592,7 +634,8 @@ void ms_gguf_close(ms_gguf **g_p) {
     }
     free(g->kv);
     s_index_fini(&g->kv_index);
-    for (int64_t i = 0; i < g->n_tensors && g->tensors; i++) free((char *)g->tensors[i].name);
+    for (int64_t i = 0; i < g->n_tensors && g->tensors; i++)
+        free((char *)g->tensors[i].name);
     free(g->tensors);
     free(g->offsets);
     s_index_fini(&g->t_index);
@@ -603,30 +646,47 @@ void ms_gguf_close(ms_gguf **g_p) {
 
 /* ---- accessors ------------------------------------------------------------- */
 
-uint32_t ms_gguf_version(const ms_gguf *g) { return g->version; }
-size_t ms_gguf_alignment(const ms_gguf *g) { return g->alignment; }
-size_t ms_gguf_data_offset(const ms_gguf *g) { return g->data_offset; }
+uint32_t ms_gguf_version(const ms_gguf *g) {
+    return g->version;
+}
+size_t ms_gguf_alignment(const ms_gguf *g) {
+    return g->alignment;
+}
+size_t ms_gguf_data_offset(const ms_gguf *g) {
+    return g->data_offset;
+}
 
-int64_t ms_gguf_n_kv(const ms_gguf *g) { return g->n_kv; }
+int64_t ms_gguf_n_kv(const ms_gguf *g) {
+    return g->n_kv;
+}
 
 static const s_kv *s_kv_at(const ms_gguf *g, int64_t i) {
     assert(i >= 0 && i < g->n_kv && "key index out of range");
     return &g->kv[i];
 }
 
-const char *ms_gguf_key(const ms_gguf *g, int64_t i) { return s_kv_at(g, i)->key; }
-
-int64_t ms_gguf_find_key(const ms_gguf *g, const char *key) {
-    return s_index_find(&g->kv_index, key, s_kv_name, g->kv, NULL);
+const char *ms_gguf_key(const ms_gguf *g, int64_t i) {
+    return s_kv_at(g, i)->key;
 }
 
-ms_gguf_type ms_gguf_kv_type(const ms_gguf *g, int64_t i) { return s_kv_at(g, i)->type; }
-ms_gguf_type ms_gguf_arr_type(const ms_gguf *g, int64_t i) { return s_kv_at(g, i)->arr_type; }
-uint64_t ms_gguf_arr_n(const ms_gguf *g, int64_t i) { return s_kv_at(g, i)->arr_n; }
+int64_t ms_gguf_find_key(const ms_gguf *g, const char *key) {
+    return s_index_find(&g->kv_index, key, s_kv_name, g->kv);
+}
+
+ms_gguf_type ms_gguf_kv_type(const ms_gguf *g, int64_t i) {
+    return s_kv_at(g, i)->type;
+}
+ms_gguf_type ms_gguf_arr_type(const ms_gguf *g, int64_t i) {
+    return s_kv_at(g, i)->arr_type;
+}
+uint64_t ms_gguf_arr_n(const ms_gguf *g, int64_t i) {
+    return s_kv_at(g, i)->arr_n;
+}
 
 const void *ms_gguf_arr_data(const ms_gguf *g, int64_t i) {
     const s_kv *kv = s_kv_at(g, i);
-    if (kv->type != MS_GGUF_ARRAY || kv->arr_type == MS_GGUF_STRING) return NULL;
+    if (kv->type == MS_GGUF_STRING) return NULL;
+    if (kv->type == MS_GGUF_ARRAY && kv->arr_type == MS_GGUF_STRING) return NULL;
     return kv->raw;
 }
 
@@ -662,15 +722,32 @@ static int s_int_value(const s_kv *kv, uint64_t *u, int64_t *s, bool *neg) {
     const uint8_t *p = kv->raw;
     *neg = false;
     switch (kv->type) {
-    case MS_GGUF_UINT8: *u = p[0]; break;
-    case MS_GGUF_UINT16: *u = s_ld16(p); break;
-    case MS_GGUF_UINT32: *u = s_ld32(p); break;
-    case MS_GGUF_UINT64: *u = s_ld64(p); break;
-    case MS_GGUF_INT8: *s = (int8_t)p[0]; goto sgn;
-    case MS_GGUF_INT16: *s = (int16_t)s_ld16(p); goto sgn;
-    case MS_GGUF_INT32: *s = (int32_t)s_ld32(p); goto sgn;
-    case MS_GGUF_INT64: *s = (int64_t)s_ld64(p); goto sgn;
-    default: return -1;
+    case MS_GGUF_UINT8:
+        *u = p[0];
+        break;
+    case MS_GGUF_UINT16:
+        *u = s_ld16(p);
+        break;
+    case MS_GGUF_UINT32:
+        *u = s_ld32(p);
+        break;
+    case MS_GGUF_UINT64:
+        *u = s_ld64(p);
+        break;
+    case MS_GGUF_INT8:
+        *s = (int8_t)p[0];
+        goto sgn;
+    case MS_GGUF_INT16:
+        *s = (int16_t)s_ld16(p);
+        goto sgn;
+    case MS_GGUF_INT32:
+        *s = (int32_t)s_ld32(p);
+        goto sgn;
+    case MS_GGUF_INT64:
+        *s = (int64_t)s_ld64(p);
+        goto sgn;
+    default:
+        return -1;
     }
     *s = *u > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)*u;
     return 0;
@@ -683,7 +760,7 @@ sgn:
 /* Gets an integer key that must lie in [lo, hi]. */
 static int s_get_int(const ms_gguf *g, const char *key, const char *tname, int64_t lo, uint64_t hi,
                      uint64_t *u, int64_t *s, char *err, size_t err_size) {
-    const s_kv *kv;
+    const s_kv *kv = NULL;
     bool neg;
     if (s_find_typed(g, key, &kv, err, err_size)) return -1;
     if (s_int_value(kv, u, s, &neg)) return s_type_err(kv, tname, err, err_size);
@@ -697,8 +774,7 @@ static int s_get_int(const ms_gguf *g, const char *key, const char *tname, int64
     return 0;
 }
 
-int ms_gguf_get_u32(const ms_gguf *g, const char *key, uint32_t *out, char *err,
-                    size_t err_size) {
+int ms_gguf_get_u32(const ms_gguf *g, const char *key, uint32_t *out, char *err, size_t err_size) {
     uint64_t u;
     int64_t s;
     if (s_get_int(g, key, "uint32", 0, UINT32_MAX, &u, &s, err, err_size)) return -1;
@@ -706,8 +782,7 @@ int ms_gguf_get_u32(const ms_gguf *g, const char *key, uint32_t *out, char *err,
     return 0;
 }
 
-int ms_gguf_get_i32(const ms_gguf *g, const char *key, int32_t *out, char *err,
-                    size_t err_size) {
+int ms_gguf_get_i32(const ms_gguf *g, const char *key, int32_t *out, char *err, size_t err_size) {
     uint64_t u;
     int64_t s;
     if (s_get_int(g, key, "int32", INT32_MIN, INT32_MAX, &u, &s, err, err_size)) return -1;
@@ -715,8 +790,7 @@ int ms_gguf_get_i32(const ms_gguf *g, const char *key, int32_t *out, char *err,
     return 0;
 }
 
-int ms_gguf_get_u64(const ms_gguf *g, const char *key, uint64_t *out, char *err,
-                    size_t err_size) {
+int ms_gguf_get_u64(const ms_gguf *g, const char *key, uint64_t *out, char *err, size_t err_size) {
     uint64_t u;
     int64_t s;
     if (s_get_int(g, key, "uint64", 0, UINT64_MAX, &u, &s, err, err_size)) return -1;
@@ -724,9 +798,8 @@ int ms_gguf_get_u64(const ms_gguf *g, const char *key, uint64_t *out, char *err,
     return 0;
 }
 
-int ms_gguf_get_f32(const ms_gguf *g, const char *key, float *out, char *err,
-                    size_t err_size) {
-    const s_kv *kv;
+int ms_gguf_get_f32(const ms_gguf *g, const char *key, float *out, char *err, size_t err_size) {
+    const s_kv *kv = NULL;
     if (s_find_typed(g, key, &kv, err, err_size)) return -1;
     if (kv->type == MS_GGUF_FLOAT32) {
         memcpy(out, kv->raw, sizeof *out);
@@ -735,15 +808,17 @@ int ms_gguf_get_f32(const ms_gguf *g, const char *key, float *out, char *err,
     if (kv->type == MS_GGUF_FLOAT64) {
         double d;
         memcpy(&d, kv->raw, sizeof d);
+        if (isfinite(d) && fabs(d) > FLT_MAX) /* the conversion would be undefined */
+            return ms_errf(err, err_size, "key '%s' value %g (float64) does not fit float32", key,
+                           d);
         *out = (float)d;
         return 0;
     }
     return s_type_err(kv, "float32", err, err_size);
 }
 
-int ms_gguf_get_bool(const ms_gguf *g, const char *key, bool *out, char *err,
-                     size_t err_size) {
-    const s_kv *kv;
+int ms_gguf_get_bool(const ms_gguf *g, const char *key, bool *out, char *err, size_t err_size) {
+    const s_kv *kv = NULL;
     if (s_find_typed(g, key, &kv, err, err_size)) return -1;
     if (kv->type != MS_GGUF_BOOL) return s_type_err(kv, "bool", err, err_size);
     *out = kv->raw[0] != 0;
@@ -752,7 +827,7 @@ int ms_gguf_get_bool(const ms_gguf *g, const char *key, bool *out, char *err,
 
 int ms_gguf_get_str(const ms_gguf *g, const char *key, const char **out, char *err,
                     size_t err_size) {
-    const s_kv *kv;
+    const s_kv *kv = NULL;
     if (s_find_typed(g, key, &kv, err, err_size)) return -1;
     if (kv->type != MS_GGUF_STRING) return s_type_err(kv, "string", err, err_size);
     *out = kv->str;
@@ -761,7 +836,7 @@ int ms_gguf_get_str(const ms_gguf *g, const char *key, const char **out, char *e
 
 int ms_gguf_get_arr(const ms_gguf *g, const char *key, ms_gguf_type elem, int64_t *index,
                     uint64_t *n, char *err, size_t err_size) {
-    const s_kv *kv;
+    const s_kv *kv = NULL;
     if (s_find_typed(g, key, &kv, err, err_size)) return -1;
     if (kv->type != MS_GGUF_ARRAY || kv->arr_type != elem) {
         char want[64];
@@ -775,7 +850,9 @@ int ms_gguf_get_arr(const ms_gguf *g, const char *key, ms_gguf_type elem, int64_
 
 /* ---- tensors --------------------------------------------------------------- */
 
-int64_t ms_gguf_n_tensors(const ms_gguf *g) { return g->n_tensors; }
+int64_t ms_gguf_n_tensors(const ms_gguf *g) {
+    return g->n_tensors;
+}
 
 ms_tensor *ms_gguf_tensor(ms_gguf *g, int64_t i) {
     assert(i >= 0 && i < g->n_tensors && "tensor index out of range");
@@ -788,7 +865,7 @@ uint64_t ms_gguf_tensor_offset(const ms_gguf *g, int64_t i) {
 }
 
 ms_tensor *ms_gguf_find_tensor(ms_gguf *g, const char *name) {
-    int64_t i = s_index_find(&g->t_index, name, s_tensor_name, g->tensors, NULL);
+    int64_t i = s_index_find(&g->t_index, name, s_tensor_name, g->tensors);
     return i < 0 ? NULL : &g->tensors[i];
 }
 
@@ -808,7 +885,8 @@ ms_tensor *ms_gguf_expect_tensor(ms_gguf *g, const char *name, int n_dims, const
         return NULL;
     }
     bool ok = true;
-    for (int d = 0; d < MS_MAX_DIMS; d++) ok = ok && t->ne[d] == (d < n_dims ? ne[d] : 1);
+    for (int d = 0; d < MS_MAX_DIMS; d++)
+        ok = ok && t->ne[d] == (d < n_dims ? ne[d] : 1);
     if (!ok) {
         char have[128], want[128];
         s_fmt_shape(have, sizeof have, t->n_dims, t->ne);
@@ -824,8 +902,8 @@ ms_tensor *ms_gguf_expect_tensor(ms_gguf *g, const char *name, int n_dims, const
             if ((types >> k) & 1)
                 n += (size_t)snprintf(want + n, sizeof want - n, "%s%s", n ? ", " : "",
                                       s_ggml_type_name(k));
-        ms_errf(err, err_size, "tensor '%s' has type %s, expected %s", name,
-                ms_type_name(t->type), want);
+        ms_errf(err, err_size, "tensor '%s' has type %s, expected %s", name, ms_type_name(t->type),
+                want);
         return NULL;
     }
     return t;

@@ -64,7 +64,8 @@ ms_gguf_type ms_gguf_kv_type(const ms_gguf *g, int64_t i);
 /* For arrays: element type and count (count 0 and type UINT8 for non-arrays). */
 ms_gguf_type ms_gguf_arr_type(const ms_gguf *g, int64_t i);
 uint64_t ms_gguf_arr_n(const ms_gguf *g, int64_t i);
-/* Raw pointer to the elements of a non-string array (little-endian, unaligned). */
+/* Raw pointer to the elements of a non-string array (little-endian, unaligned);
+ * for a scalar key (not string), its value's bytes; NULL for strings. */
 const void *ms_gguf_arr_data(const ms_gguf *g, int64_t i);
 /* i-th string of a string array, with its length (not NUL-terminated). */
 const char *ms_gguf_arr_str(const ms_gguf *g, int64_t i, uint64_t j, uint64_t *len);

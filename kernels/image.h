@@ -9,11 +9,17 @@
 #ifndef MS_IMAGE_H
 #define MS_IMAGE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #define MS_IMAGE_MAX_PIXELS_DEFAULT (64u * 1024u * 1024u) /* 64 Mpixel */
 #define MS_IMAGE_MAX_BYTES_DEFAULT  (64u * 1024u * 1024u) /* 64 MiB encoded */
+#define MS_IMAGE_MAX_SIDE           65535 /* widest/tallest image accepted, pixels */
+#define MS_IMAGE_MAX_OUT_SIDE       8192  /* largest preprocess cfg->size / resize target */
+/* JPEG DCT scaling keeps the decoded image at least this many times the size
+ * its content has in the preprocessed output, in each direction. */
+#define MS_IMAGE_DCT_MARGIN 2
 
 /* Decoded image: RGB8, interleaved, rows packed (stride = 3 * w). */
 typedef struct ms_image {
@@ -35,6 +41,11 @@ typedef struct ms_preprocess_cfg {
     float std[3];          /* per-channel std, in [0,1] units */
     uint64_t max_pixels;   /* decompression-bomb guard; 0 = default */
     size_t max_bytes;      /* encoded size limit; 0 = default */
+    bool jpeg_full_decode; /* false (default): decode JPEGs with libjpeg-turbo's DCT
+                              scaling (1/2, 1/4, 1/8) when the result stays at least
+                              MS_IMAGE_DCT_MARGIN x the target (faster; within the
+                              tolerance in tests/test_image.c of the PIL reference);
+                              true: always decode at full size (bit-exact PIL path) */
 } ms_preprocess_cfg;
 
 /* Decodes JPEG, PNG or WebP (sniffed from the bytes) to RGB8. Alpha is
@@ -54,5 +65,10 @@ int ms_image_resize(const ms_image *src, int w, int h, ms_image *out);
  * expects. Returns 0 or -1 + err. */
 int ms_image_preprocess(const uint8_t *data, size_t len, const ms_preprocess_cfg *cfg, float *out,
                         char *err, size_t err_size);
+
+/* The same stage from an already decoded image (make square, resize,
+ * normalise). out as above. Returns 0 or -1 + err (bad cfg). */
+int ms_image_preprocess_decoded(const ms_image *img, const ms_preprocess_cfg *cfg, float *out,
+                                char *err, size_t err_size);
 
 #endif

@@ -21,6 +21,16 @@
 
 typedef enum ms_arch { MS_ARCH_LLAMA = 0, MS_ARCH_QWEN2 = 1 } ms_arch;
 
+/* Sanity limits the loader enforces on hyperparameters (values past them are
+ * rejected as malformed, whatever the tensors say). */
+#define MS_MODEL_MAX_LAYERS 1024        /* blocks of either model */
+#define MS_MODEL_MAX_EMBD   65536       /* embedding width */
+#define MS_MODEL_MAX_FF     (1 << 20)   /* feed-forward width */
+#define MS_MODEL_MAX_HEADS  1024        /* attention heads */
+#define MS_MODEL_MAX_CTX    (1 << 24)   /* training context, tokens */
+#define MS_MODEL_MAX_VOCAB  (1 << 24)   /* tokens */
+#define MS_MODEL_MAX_IMAGE  4096        /* ViT input side, pixels */
+
 /* ---- text model ----------------------------------------------------------- */
 typedef struct ms_lm_hparams {
     ms_arch arch;         /* llama | qwen2 */
@@ -77,9 +87,13 @@ typedef struct ms_vit_hparams {
     int patch_size;     /* clip.vision.patch_size, pixels */
     int n_embd;         /* clip.vision.embedding_length */
     int n_ff;           /* clip.vision.feed_forward_length */
-    int n_layer;        /* clip.vision.block_count: blocks present and run */
+    int n_layer;        /* blocks run (and in `layers`): as llama.cpp does for llava-style mlp
+                         * projectors, block_count - 1 (the last stored block is not used), or
+                         * the single clip.vision.feature_layer when that key is present */
+    int n_layer_file;   /* clip.vision.block_count: blocks stored in the file (>= n_layer) */
     int n_head;         /* clip.vision.attention.head_count */
-    int proj_dim;       /* clip.vision.projection_dim = the text model's n_embd */
+    int proj_dim;       /* projector output width = mm.2.weight ne[1] (must equal the text
+                         * model's n_embd); clip.vision.projection_dim is read but not used */
     int n_patches;      /* (image_size / patch_size)^2 */
     int n_image_tokens; /* tokens one image becomes in the prompt (n_patches for mlp) */
     float eps;          /* clip.vision.attention.layer_norm_epsilon */
