@@ -28,9 +28,12 @@ const char *ms_chat_template_name(ms_chat_template t) {
 
 const char *ms_chat_role_name(ms_chat_role r) {
     switch (r) {
-    case MS_CHAT_SYSTEM: return "system";
-    case MS_CHAT_USER: return "user";
-    case MS_CHAT_ASSISTANT: return "assistant";
+    case MS_CHAT_SYSTEM:
+        return "system";
+    case MS_CHAT_USER:
+        return "user";
+    case MS_CHAT_ASSISTANT:
+        return "assistant";
     }
     return "?";
 }
@@ -89,7 +92,8 @@ typedef struct s_buf {
 static void s_put(s_buf *b, const char *s, size_t n) {
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
-        while (b->len + n + 1 > cap) cap *= 2;
+        while (b->len + n + 1 > cap)
+            cap *= 2;
         b->data = ms_xrealloc(b->data, cap);
         b->cap = cap;
     }
@@ -98,7 +102,9 @@ static void s_put(s_buf *b, const char *s, size_t n) {
     b->data[b->len] = '\0';
 }
 
-static void s_puts(s_buf *b, const char *s) { s_put(b, s, strlen(s)); }
+static void s_puts(s_buf *b, const char *s) {
+    s_put(b, s, strlen(s));
+}
 
 /* ---- rendering ------------------------------------------------------------ */
 
@@ -145,12 +151,15 @@ static int s_content(const ms_chat_message *m, int index, bool trim, s_buf *out,
                        markers, MS_CHAT_IMAGE_MARKER, markers == 1 ? "" : "s", m->n_images,
                        m->n_images == 1 ? "" : "s");
     if (markers == 0)
-        for (int i = 0; i < m->n_images; i++) s_puts(out, MS_CHAT_IMAGE_MARKER "\n");
+        for (int i = 0; i < m->n_images; i++)
+            s_puts(out, MS_CHAT_IMAGE_MARKER "\n");
     s_put(out, m->text, len);
     if (trim) {
         size_t a = 0, b = out->len;
-        while (a < b && s_is_space(out->data[a])) a++;
-        while (b > a && s_is_space(out->data[b - 1])) b--;
+        while (a < b && s_is_space(out->data[a]))
+            a++;
+        while (b > a && s_is_space(out->data[b - 1]))
+            b--;
         memmove(out->data, out->data + a, b - a);
         out->len = b - a;
         out->data[out->len] = '\0';
@@ -291,11 +300,18 @@ char *ms_chat_render(ms_chat_template t, const ms_chat_message *msgs, int n,
     free(content.data);
     if (add_generation_prompt) {
         switch (t) {
-        case MS_CHAT_CHATML: s_puts(&out, "<|im_start|>assistant\n"); break;
-        case MS_CHAT_LLAMA3: s_puts(&out, "<|start_header_id|>assistant<|end_header_id|>\n\n"); break;
+        case MS_CHAT_CHATML:
+            s_puts(&out, "<|im_start|>assistant\n");
+            break;
+        case MS_CHAT_LLAMA3:
+            s_puts(&out, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+            break;
         case MS_CHAT_VICUNA:
-        case MS_CHAT_VICUNA_ORCA: s_puts(&out, "ASSISTANT:"); break;
-        default: break; /* llama2, plain, raw: none */
+        case MS_CHAT_VICUNA_ORCA:
+            s_puts(&out, "ASSISTANT:");
+            break;
+        default:
+            break; /* llama2, plain, raw: none */
         }
     }
     if (!out.data) s_put(&out, "", 0);
@@ -310,16 +326,15 @@ static int s_encode_append(const ms_tokenizer *tok, const char *text, size_t len
                            int32_t **ids, int *n, int *cap, char *err, size_t err_size) {
     for (;;) {
         int room = *cap - *n;
-        int got = ms_tokenizer_encode(tok, text, len, add_bos, true, *ids + *n, room, err,
-                                      err_size);
+        int got =
+            ms_tokenizer_encode(tok, text, len, add_bos, true, *ids + *n, room, err, err_size);
         if (got < 0) return -1;
         if (got <= room) {
             *n += got;
             return 0;
         }
         if ((size_t)*n + (size_t)got > (size_t)MS_CHAT_MAX_TEXT + MS_MAX_IMAGES_PER_PROMPT + 1)
-            return ms_errf(err, err_size, "prompt too long: more than %u tokens",
-                           MS_CHAT_MAX_TEXT);
+            return ms_errf(err, err_size, "prompt too long: more than %u tokens", MS_CHAT_MAX_TEXT);
         *cap = *n + got + 16;
         *ids = ms_xrealloc(*ids, (size_t)*cap * sizeof(int32_t));
     }
@@ -370,10 +385,9 @@ int ms_chat_tokenize(const ms_tokenizer *tok, const char *text, size_t len, int 
     return 0;
 }
 
-int ms_chat_build_prompt(const ms_tokenizer *tok, ms_chat_template t,
-                         const ms_chat_message *msgs, int n, bool add_generation_prompt,
-                         int32_t **prompt, int *n_prompt, int *n_images, char *err,
-                         size_t err_size) {
+int ms_chat_build_prompt(const ms_tokenizer *tok, ms_chat_template t, const ms_chat_message *msgs,
+                         int n, bool add_generation_prompt, int32_t **prompt, int *n_prompt,
+                         int *n_images, char *err, size_t err_size) {
     *prompt = NULL;
     *n_prompt = 0;
     *n_images = 0;

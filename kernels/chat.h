@@ -11,12 +11,14 @@
  *   Llama 3      "<|start_header_id|>" + "<|end_header_id|>"
  *                                      <|start_header_id|>{role}<|end_header_id|>\n\n
  *                                      {text, trimmed}<|eot_id|> ...
- *                                      generation prompt "<|start_header_id|>assistant<|end_header_id|>\n\n"
+ *                                      generation prompt
+ *                                      "<|start_header_id|>assistant<|end_header_id|>\n\n"
  *   Vicuna       "USER: " + "ASSISTANT: " (LLaVA-1.5); "SYSTEM: " too → the Orca variant
  *                                      {system}\n\n  USER: {text}\n  ASSISTANT: {text}</s>\n
  *                                      generation prompt "ASSISTANT:"
  *   Llama 2      "[INST]" (or a template starting with "mistral")
- *                                      [INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]{assistant}</s>[INST] ...
+ *                                      [INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]
+ *                                      {assistant}</s>[INST] ...
  *                                      variants as llama.cpp: without <<SYS>> support, with
  *                                      BOS inside the history, with stripped messages;
  *                                      no generation prompt (the text ends in " [/INST]")
@@ -46,21 +48,21 @@
 #include "prompt.h"
 #include "tokenizer.h"
 
-#define MS_CHAT_IMAGE_MARKER  "<image>" /* where an image goes in a message's text */
-#define MS_CHAT_MAX_MESSAGES  1024      /* messages one conversation may have */
-#define MS_CHAT_MAX_TEXT      (16u << 20) /* bytes of one message / of the rendered text */
+#define MS_CHAT_IMAGE_MARKER "<image>"   /* where an image goes in a message's text */
+#define MS_CHAT_MAX_MESSAGES 1024        /* messages one conversation may have */
+#define MS_CHAT_MAX_TEXT     (16u << 20) /* bytes of one message / of the rendered text */
 
 typedef enum ms_chat_template {
-    MS_CHAT_PLAIN = 0,          /* fallback: texts, one per line */
-    MS_CHAT_RAW,                /* texts as they are (modserve-run --raw) */
-    MS_CHAT_CHATML,             /* <|im_start|> ... <|im_end|> (Qwen, many others) */
-    MS_CHAT_LLAMA3,             /* <|start_header_id|> ... <|eot_id|> */
-    MS_CHAT_VICUNA,             /* USER: / ASSISTANT: (LLaVA-1.5) */
-    MS_CHAT_VICUNA_ORCA,        /* as Vicuna, system as "SYSTEM: " */
-    MS_CHAT_LLAMA2,             /* [INST] ... [/INST], system folded into the text */
-    MS_CHAT_LLAMA2_SYS,         /* with <<SYS>> */
-    MS_CHAT_LLAMA2_SYS_BOS,     /* with <<SYS>>, "<s>" before later turns */
-    MS_CHAT_LLAMA2_SYS_STRIP,   /* with <<SYS>>, message texts trimmed */
+    MS_CHAT_PLAIN = 0,        /* fallback: texts, one per line */
+    MS_CHAT_RAW,              /* texts as they are (modserve-run --raw) */
+    MS_CHAT_CHATML,           /* <|im_start|> ... <|im_end|> (Qwen, many others) */
+    MS_CHAT_LLAMA3,           /* <|start_header_id|> ... <|eot_id|> */
+    MS_CHAT_VICUNA,           /* USER: / ASSISTANT: (LLaVA-1.5) */
+    MS_CHAT_VICUNA_ORCA,      /* as Vicuna, system as "SYSTEM: " */
+    MS_CHAT_LLAMA2,           /* [INST] ... [/INST], system folded into the text */
+    MS_CHAT_LLAMA2_SYS,       /* with <<SYS>> */
+    MS_CHAT_LLAMA2_SYS_BOS,   /* with <<SYS>>, "<s>" before later turns */
+    MS_CHAT_LLAMA2_SYS_STRIP, /* with <<SYS>>, message texts trimmed */
     MS_CHAT_TEMPLATE_COUNT
 } ms_chat_template;
 
@@ -82,8 +84,7 @@ typedef struct ms_chat_message {
  * an unknown template is MS_CHAT_PLAIN. */
 ms_chat_template ms_chat_detect(const char *jinja);
 /* Exact name lookup (the names above). 0, or -1 + err listing the names. */
-int ms_chat_template_from_name(const char *name, ms_chat_template *out, char *err,
-                               size_t err_size);
+int ms_chat_template_from_name(const char *name, ms_chat_template *out, char *err, size_t err_size);
 /* Short name of a template ("chatml", ...). */
 const char *ms_chat_template_name(ms_chat_template t);
 /* Role as templates write it: "system", "user", "assistant". */
@@ -109,9 +110,8 @@ int ms_chat_tokenize(const ms_tokenizer *tok, const char *text, size_t len, int 
                      int32_t **prompt, int *n_prompt, char *err, size_t err_size);
 
 /* Render + tokenize in one call; *n_images receives the images referenced. */
-int ms_chat_build_prompt(const ms_tokenizer *tok, ms_chat_template t,
-                         const ms_chat_message *msgs, int n, bool add_generation_prompt,
-                         int32_t **prompt, int *n_prompt, int *n_images, char *err,
-                         size_t err_size);
+int ms_chat_build_prompt(const ms_tokenizer *tok, ms_chat_template t, const ms_chat_message *msgs,
+                         int n, bool add_generation_prompt, int32_t **prompt, int *n_prompt,
+                         int *n_images, char *err, size_t err_size);
 
 #endif

@@ -13,6 +13,9 @@
  *    downscale factor, coefficients normalised then rounded to 22-bit fixed
  *    point, horizontal pass then vertical, each rounded to uint8). The integer
  *    arithmetic is reproduced exactly, so the result is bit-identical to PIL.
+ *    Pillow 13 runs the vertical pass first when the height shrinks much more
+ *    than the width (see s_vertical_first); so do we. Older Pillows always go
+ *    horizontal first and may differ from us there by one level.
  *  - PAD: LLaVA's expand2square(img, tuple(int(m * 255) for m in mean)) —
  *    note int(), i.e. truncation, as LLaVA and llama.cpp (122, 116, 104 for
  *    CLIP) do — then resize to size x size.
@@ -98,8 +101,8 @@ static int s_unknown_format(const uint8_t *d, size_t n, char *err, size_t err_si
             return ms_errf(err, err_size, "unsupported image format %s (supported: JPEG, PNG, WebP)",
                            others[i].name);
     char hex[3 * 8 + 1] = "";
-    for (size_t i = 0; i < MS_MIN(n, (size_t)8); i++)
-        snprintf(hex + 3 * i, sizeof hex - 3 * i, "%s%02x", i ? " " : "", d[i]);
+    for (size_t i = 0, at = 0; i < MS_MIN(n, (size_t)8); i++)
+        at += (size_t)snprintf(hex + at, sizeof hex - at, "%s%02x", i ? " " : "", d[i]);
     return ms_errf(err, err_size,
                    "unrecognised image format (first bytes %s%s; expected JPEG, PNG or WebP)", hex,
                    n > 8 ? " ..." : "");
@@ -739,25 +742,24 @@ static void s_sink_row(const s_sink *sk, const uint8_t *row, int y, int nx, int 
     }
 }
 
-/* Resizes the canvas of v to out_w x out_h (PIL bicubic) and delivers the
- * window [ox0, ox0 + nx) x [oy0, oy0 + ny) of the result to sk. Source rows
- * pass through the horizontal pass once, into a ring buffer as tall as the
- * vertical filter, in the order the vertical pass needs them. */
-static void s_resize_view(const s_view *v, int out_w, int out_h, int ox0, int oy0, int nx, int ny,
-                          const s_sink *sk) {
-    const s_kernels *kr = s_pick_kernels();
-    s_axis hx, vy;
-    s_axis_init(&hx, v->vw, out_w, ox0, nx, v->x0, v->w);
-    s_axis_init(&vy, v->vh, out_h, oy0, ny, v->y0, v->h);
-    s_hplan hp;
-    s_hplan_init(&hp, &hx, v->pad, kr->kvec);
+/* Pillow >= 13 runs the vertical pass first when the height shrinks by more
+ * than twice as many pixels as the width (python-pillow/Pillow#9549); the
+ * rounding between the passes makes the order visible, so we follow it. */
+static bool s_vertical_first(int in_w, int in_h, int out_w, int out_h) {
+    return out_h < in_h && in_h - out_h > 2 * (in_w - out_w);
+}
 
+/* Horizontal pass first: source rows go through it once, into a ring buffer
+ * as tall as the vertical filter, in the order the vertical pass needs them. */
+static void s_run_hfirst(const s_view *v, const s_axis *vy, const s_hplan *hp,
+                         const s_kernels *kr, const s_sink *sk) {
+    int nx = hp->ax->n, ny = vy->n;
     size_t rb = (size_t)nx * 3; /* bytes of one resized row */
     int cap = 1;
     bool need_pad_row = false;
     for (int i = 0; i < ny; i++) {
-        cap = MS_MAX(cap, vy.count[i]);
-        need_pad_row |= vy.kpad[i] != 0;
+        cap = MS_MAX(cap, vy->count[i]);
+        need_pad_row |= vy->kpad[i] != 0;
     }
     uint8_t *ring = ms_xmalloc((size_t)cap * rb);
     uint8_t *row = ms_xmalloc(rb);
@@ -766,24 +768,24 @@ static void s_resize_view(const s_view *v, int out_w, int out_h, int ox0, int oy
         uint8_t *src = ms_xmalloc((size_t)v->w * 3);
         for (int x = 0; x < v->w; x++) memcpy(src + 3 * x, v->pad, 3);
         padrow = ms_xmalloc(rb);
-        kr->hpass(padrow, src, v->w, &hp);
+        kr->hpass(padrow, src, v->w, hp);
         free(src);
     }
     const uint8_t **rows = ms_xmalloc((size_t)(cap + 1) * sizeof *rows);
     int32_t *kk = ms_xmalloc((size_t)(cap + 1) * sizeof *kk);
     int done = 0; /* source rows below this have been through the horizontal pass */
     for (int i = 0; i < ny; i++) {
-        int first = vy.first[i], cnt = vy.count[i], nt = 0;
+        int first = vy->first[i], cnt = vy->count[i], nt = 0;
         if (done < first) done = first;
         for (; done < first + cnt; done++)
-            kr->hpass(ring + (size_t)(done % cap) * rb, v->rgb + (size_t)done * v->w * 3, v->w, &hp);
+            kr->hpass(ring + (size_t)(done % cap) * rb, v->rgb + (size_t)done * v->w * 3, v->w, hp);
         for (int t = 0; t < cnt; t++) {
             rows[nt] = ring + (size_t)((first + t) % cap) * rb;
-            kk[nt++] = vy.k[(size_t)i * vy.kstride + t];
+            kk[nt++] = vy->k[(size_t)i * vy->kstride + t];
         }
-        if (vy.kpad[i] != 0) {
+        if (vy->kpad[i] != 0) {
             rows[nt] = padrow;
-            kk[nt++] = vy.kpad[i];
+            kk[nt++] = vy->kpad[i];
         }
         kr->vpass(row, rows, kk, nt, (int)rb);
         s_sink_row(sk, row, i, nx, ny);
@@ -793,6 +795,45 @@ static void s_resize_view(const s_view *v, int out_w, int out_h, int ox0, int oy
     free(padrow);
     free(row);
     free(ring);
+}
+
+/* Vertical pass first (no padding: only a square canvas is padded, and a
+ * square-to-square resize never takes this path): each output row is the
+ * vertical pass over full source rows, then the horizontal pass. */
+static void s_run_vfirst(const s_view *v, const s_axis *vy, const s_hplan *hp,
+                         const s_kernels *kr, const s_sink *sk) {
+    assert(v->w == v->vw && v->h == v->vh);
+    int nx = hp->ax->n, ny = vy->n;
+    size_t sb = (size_t)v->w * 3;
+    uint8_t *mid = ms_xmalloc(sb), *row = ms_xmalloc((size_t)nx * 3);
+    int cap = 1;
+    for (int i = 0; i < ny; i++) cap = MS_MAX(cap, vy->count[i]);
+    const uint8_t **rows = ms_xmalloc((size_t)cap * sizeof *rows);
+    for (int i = 0; i < ny; i++) {
+        for (int t = 0; t < vy->count[i]; t++) rows[t] = v->rgb + (size_t)(vy->first[i] + t) * sb;
+        kr->vpass(mid, rows, vy->k + (size_t)i * vy->kstride, vy->count[i], (int)sb);
+        kr->hpass(row, mid, v->w, hp);
+        s_sink_row(sk, row, i, nx, ny);
+    }
+    free(rows);
+    free(row);
+    free(mid);
+}
+
+/* Resizes the canvas of v to out_w x out_h (PIL bicubic) and delivers the
+ * window [ox0, ox0 + nx) x [oy0, oy0 + ny) of the result to sk. */
+static void s_resize_view(const s_view *v, int out_w, int out_h, int ox0, int oy0, int nx, int ny,
+                          const s_sink *sk) {
+    const s_kernels *kr = s_pick_kernels();
+    s_axis hx, vy;
+    s_axis_init(&hx, v->vw, out_w, ox0, nx, v->x0, v->w);
+    s_axis_init(&vy, v->vh, out_h, oy0, ny, v->y0, v->h);
+    s_hplan hp;
+    s_hplan_init(&hp, &hx, v->pad, kr->kvec);
+    if (s_vertical_first(v->vw, v->vh, out_w, out_h))
+        s_run_vfirst(v, &vy, &hp, kr, sk);
+    else
+        s_run_hfirst(v, &vy, &hp, kr, sk);
     s_hplan_fini(&hp);
     s_axis_fini(&hx);
     s_axis_fini(&vy);

@@ -24,9 +24,11 @@ enum { S_FTYPE_F32 = 0, S_FTYPE_F16 = 1, S_FTYPE_Q4_0 = 2, S_FTYPE_Q8_0 = 7, S_F
 
 /* ---- chat templates -------------------------------------------------------- */
 
+/* The templates render exactly what llama.cpp's built-in renderers (and
+ * kernels/chat.c) produce for the family, so every path gives the same text:
+ * no default system message is added. */
 static const char S_TMPL_CHATML[] =
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
@@ -38,16 +40,13 @@ static const char S_TMPL_LLAMA3[] =
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
     "{% endif %}";
 
-/* LLaVA-1.5 (Vicuna v1): "{system} USER: <image>\n{text} ASSISTANT:" */
+/* LLaVA-1.5 (Vicuna v1): "{system}\n\nUSER: <image>\n{text}\nASSISTANT:" */
 static const char S_TMPL_VICUNA[] =
-    "{% set system_message = \"A chat between a curious human and an artificial intelligence "
-    "assistant. The assistant gives helpful, detailed, and polite answers to the human's "
-    "questions.\" %}{% if messages[0]['role'] == 'system' %}"
-    "{% set system_message = messages[0]['content'] %}{% endif %}{{ system_message }}"
-    "{% for message in messages %}{% if message['role'] == 'user' %}"
-    "{{ ' USER: ' + message['content'] }}{% elif message['role'] == 'assistant' %}"
-    "{{ ' ASSISTANT: ' + message['content'] + eos_token }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ ' ASSISTANT:' }}{% endif %}";
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ message['content'] + '\\n\\n' }}{% elif message['role'] == 'user' %}"
+    "{{ 'USER: ' + message['content'] + '\\n' }}{% elif message['role'] == 'assistant' %}"
+    "{{ 'ASSISTANT: ' + message['content'] + eos_token + '\\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}";
 
 static bool s_vocab_has(const ms_vocab *v, const char *tok) {
     for (int32_t i = v->n_tokens - 1; i >= 0; i--)

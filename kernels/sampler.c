@@ -2,9 +2,10 @@
  *
  * The chain works on two scratch arrays: probs[i] holds exp(logit_i - max)
  * (unnormalised, temperature 1, NaN/-inf → 0) and idx[0..n_cand) the ids still
- * in the running. Top-k partitions idx so the k best come first; top-p sorts
- * the candidates (on a large set only those a logit histogram shows can be
- * in the nucleus) and cuts at the first cumulative mass >= top_p; min-p drops ids
+ * in the running. Top-k partitions idx so the k best come first; top-p finds
+ * the smallest best-first set whose mass reaches top_p (sorting, on a large
+ * set, only the ids of the one logit-histogram bucket where the cumulative
+ * mass crosses top_p; top-k uses the same histogram); min-p drops ids
  * below min_p * p_max; temperature re-weights the survivors from the logits
  * and one uniform draw picks among them. Candidate order is a total order
  * (probability descending, id ascending), so every step is deterministic.
@@ -22,11 +23,11 @@
 
 #include "ms_common.h"
 
-#define S_GOLDEN_GAMMA   0x9E3779B97F4A7C15ull
-#define S_SORT_DIRECT     1024 /* top-p sorts at most this many candidates without pre-selection */
-#define S_N_BUCKETS       1024 /* top-p pre-selection histogram buckets */
+#define S_GOLDEN_GAMMA    0x9E3779B97F4A7C15ull
+#define S_SORT_DIRECT     1024  /* top-k/top-p on more candidates go through the histogram */
+#define S_N_BUCKETS       1024  /* histogram buckets (the last takes everything below) */
 #define S_BUCKETS_PER_NAT 32.0f /* buckets per unit of logit (covers 32 below the max) */
-#define S_INSERTION_SORT 16   /* below this many elements, insertion sort */
+#define S_INSERTION_SORT  16    /* below this many elements, insertion sort */
 
 /* ---- parameters ----------------------------------------------------------- */
 
@@ -62,8 +63,7 @@ int ms_sampling_params_validate(const ms_sampling_params *p, char *err, size_t e
                        MS_MAX_STOP_STRINGS);
     for (int i = 0; i < p->n_stop; i++) {
         size_t n = strnlen(p->stop[i], MS_MAX_STOP_LEN);
-        if (n == 0)
-            return ms_errf(err, err_size, "stop string %d is empty", i);
+        if (n == 0) return ms_errf(err, err_size, "stop string %d is empty", i);
         if (n == MS_MAX_STOP_LEN)
             return ms_errf(err, err_size, "stop string %d is too long (at most %d bytes)", i,
                            MS_MAX_STOP_LEN - 1);
@@ -125,8 +125,10 @@ static void s_select_top(const float *probs, int32_t *idx, int n, int m) {
     while (lo < hi) {
         int p = s_partition(probs, idx, lo, hi);
         if (p == m || p == m - 1) return;
-        if (p < m) lo = p + 1;
-        else hi = p - 1;
+        if (p < m)
+            lo = p + 1;
+        else
+            hi = p - 1;
     }
 }
 
@@ -176,9 +178,13 @@ void ms_sampler_fini(ms_sampler *s) {
     memset(s, 0, sizeof(*s));
 }
 
-uint64_t ms_sampler_state(const ms_sampler *s) { return s->rng; }
+uint64_t ms_sampler_state(const ms_sampler *s) {
+    return s->rng;
+}
 
-void ms_sampler_set_state(ms_sampler *s, uint64_t state) { s->rng = state; }
+void ms_sampler_set_state(ms_sampler *s, uint64_t state) {
+    s->rng = state;
+}
 
 /* Argmax, ties to the lowest id; NaN never wins. Token 0 if all are NaN. */
 static int32_t s_argmax(const float *logits, int n) {
@@ -205,6 +211,36 @@ static inline int s_bucket(const float *logits, float max, int32_t id) {
                                                       : S_N_BUCKETS - 1;
 }
 
+/* Moves the k best of idx[0..n) (0 < k < n) to its front. A large set goes
+ * through a histogram of the logits first, so that only the bucket where the
+ * count crosses k needs a selection. */
+static void s_top_k(const float *logits, float max, const float *probs, int32_t *idx, int n,
+                    int k) {
+    if (n <= S_SORT_DIRECT) {
+        s_select_top(probs, idx, n, k);
+        return;
+    }
+    int count[S_N_BUCKETS] = {0};
+    for (int i = 0; i < n; i++)
+        count[s_bucket(logits, max, idx[i])]++;
+    int cross = S_N_BUCKETS - 1, before = 0;
+    for (int b = 0; b < S_N_BUCKETS; b++) {
+        if (before + count[b] >= k) {
+            cross = b;
+            break;
+        }
+        before += count[b];
+    }
+    int a = 0;
+    for (int i = 0; i < n; i++)
+        if (s_bucket(logits, max, idx[i]) < cross) s_swap(idx, i, a++);
+    int m = a;
+    for (int i = a; i < n; i++)
+        if (s_bucket(logits, max, idx[i]) == cross) s_swap(idx, i, m++);
+    /* a == before < k <= m */
+    if (k - a < m - a) s_select_top(probs, idx + a, m - a, k - a);
+}
+
 /* Keeps the smallest set of best ids whose mass reaches top_p of the total
  * (the nucleus: every id ranked before the one where the cumulative mass, in
  * rank order, first reaches the target, and that one); moves it to the front
@@ -215,13 +251,15 @@ static inline int s_bucket(const float *logits, float max, int32_t id) {
 static int s_top_p(const float *logits, float max, const float *probs, int32_t *idx, int n,
                    float top_p) {
     double total = 0.0;
-    for (int i = 0; i < n; i++) total += probs[idx[i]];
+    for (int i = 0; i < n; i++)
+        total += probs[idx[i]];
     double target = (double)top_p * total;
-    int start = 0, m = n;   /* idx[start..m) still to be sorted and cut */
-    double cum = 0.0;       /* mass of idx[0..start) */
+    int start = 0, m = n; /* idx[start..m) still to be sorted and cut */
+    double cum = 0.0;     /* mass of idx[0..start) */
     if (n > S_SORT_DIRECT) {
         double mass[S_N_BUCKETS] = {0};
-        for (int i = 0; i < n; i++) mass[s_bucket(logits, max, idx[i])] += probs[idx[i]];
+        for (int i = 0; i < n; i++)
+            mass[s_bucket(logits, max, idx[i])] += probs[idx[i]];
         int cross = S_N_BUCKETS - 1;
         double before = 0.0;
         for (int b = 0; b < S_N_BUCKETS; b++) {
@@ -240,7 +278,8 @@ static int s_top_p(const float *logits, float max, const float *probs, int32_t *
             if (s_bucket(logits, max, idx[i]) == cross) s_swap(idx, i, m++);
         start = a;
         cum = 0.0;
-        for (int i = 0; i < a; i++) cum += probs[idx[i]];
+        for (int i = 0; i < a; i++)
+            cum += probs[idx[i]];
         if (start == m) return MS_MAX(start, 1); /* rounding left the crossing bucket empty */
     }
     s_sort(probs, idx, start, m - 1);
@@ -254,7 +293,8 @@ static int s_top_p(const float *logits, float max, const float *probs, int32_t *
 /* Keeps ids with prob >= min_p * p_max (order kept); returns the count (>= 1). */
 static int s_min_p(const float *probs, int32_t *idx, int n, float min_p) {
     float p_max = 0.0f;
-    for (int i = 0; i < n; i++) p_max = fmaxf(p_max, probs[idx[i]]);
+    for (int i = 0; i < n; i++)
+        p_max = fmaxf(p_max, probs[idx[i]]);
     float bar = min_p * p_max;
     int kept = 0;
     for (int i = 0; i < n; i++)
@@ -284,7 +324,7 @@ int32_t ms_sampler_sample(ms_sampler *s, const float *logits) {
     /* n_cand >= 1: the maximum has exp(0) = 1 */
 
     if (p->top_k > 0 && p->top_k < n_cand) {
-        s_select_top(s->probs, s->idx, n_cand, p->top_k);
+        s_top_k(logits, max, s->probs, s->idx, n_cand, p->top_k);
         n_cand = p->top_k;
     }
     if (p->top_p < 1.0f && n_cand > 1)

@@ -30,7 +30,6 @@
 #include "unicode_tables.h"
 
 #define S_MAX_TEXT   ((size_t)INT32_MAX / 2 - 16) /* longest text encode accepts, bytes */
-#define S_OOR        0xFFFFFFFFu                  /* "out of range" code point */
 #define S_REPLACEMENT 0xFFFDu                     /* code point given to invalid UTF-8 */
 #define S_SPACE_UTF8 "\xE2\x96\x81"               /* U+2581, SentencePiece's space */
 
@@ -381,7 +380,8 @@ ms_tokenizer *ms_tokenizer_new(const ms_vocab *v, char *err, size_t err_size) {
     if (t->kind == S_BPE && s_pre_kind(v->pre, &t->pre, &t->ignore_merges) != 0) {
         free(t);
         ms_errf(err, err_size,
-                "pre-tokenizer '%.32s' is not supported (expected llama-bpe, llama3, qwen2, gpt-2 or default)",
+                "pre-tokenizer '%.32s' (tokenizer.ggml.pre) is not supported (expected llama-bpe, llama3, "
+                "qwen2, gpt-2 or default)",
                 v->pre);
         return NULL;
     }
@@ -655,10 +655,6 @@ static void s_bpe_word(s_ctx *c, const uint8_t *w, size_t len) {
 
 static inline uint8_t s_flags_at(const s_ctx *c, size_t pos, size_t end) {
     return pos < end ? ms_unicode_flags(c->cp[pos]) : 0;
-}
-
-static inline uint32_t s_cp_at(const s_ctx *c, size_t pos, size_t end) {
-    return pos < end ? c->cp[pos] : S_OOR;
 }
 
 /* Ends the current word at end (empty words are dropped). There are never
@@ -989,7 +985,7 @@ int ms_tokenizer_encode(const ms_tokenizer *t, const char *text, size_t len, boo
     }
     free(frag);
     size_t n = c.n_out;
-    if (ids && cap > 0) memcpy(ids, c.out, MS_MIN(n, (size_t)cap) * sizeof *ids);
+    if (ids && cap > 0 && n > 0) memcpy(ids, c.out, MS_MIN(n, (size_t)cap) * sizeof *ids);
     free(c.out);
     free(c.buf);
     free(c.sym);

@@ -91,7 +91,9 @@ int ms_tokenizer_piece(const ms_tokenizer *t, int32_t id, bool special, char *ou
 /* Streaming detokenizer: feed ids one by one, get only complete UTF-8 text
  * (a multi-byte character split across tokens is held back until complete).
  * For llama vocabs the leading space of the first piece is dropped, as
- * llama.cpp does. */
+ * llama.cpp does. Output is always valid UTF-8: bytes that cannot start or
+ * continue a character become U+FFFD; characters that do not fit in cap are
+ * dropped (the longest Llama 3 piece is 128 bytes). */
 typedef struct ms_detok {
     const ms_tokenizer *tok; /* not owned */
     char pending[8];         /* bytes of an unfinished UTF-8 character */

@@ -553,11 +553,14 @@ static int s_from_gguf(const ms_gguf *g, ms_vocab *v, char *err, size_t err_size
     } else if (!spm) {
         return ms_errf(err, err_size, "missing key '%s' (required for gpt2 vocabularies)", S_KEY_MERGES);
     }
-    /* llama.cpp's defaults for SPM vocabularies */
+    /* llama.cpp's defaults: SPM has <unk> <s> </s> first and adds BOS and a
+     * space; llama3's pre-tokenizer adds BOS too */
     if (spm) {
         if (n > 2) v->unk_id = 0, v->bos_id = 1, v->eos_id = 2;
         v->add_bos = true;
         v->add_space_prefix = true;
+    } else {
+        v->add_bos = strcmp(pre, "llama-bpe") == 0 || strcmp(pre, "llama3") == 0 || strcmp(pre, "llama-v3") == 0;
     }
     const int32_t nt = v->n_tokens;
     if (s_gguf_id(g, S_KEY_BOS, nt, &v->bos_id, err, err_size) != 0 ||

@@ -294,13 +294,15 @@ static ms_tokenizer *s_byte_tokenizer(bool add_bos) {
     char err[MS_ERR_SIZE];
     ms_tokenizer *t = ms_tokenizer_new(&v, err, sizeof(err));
     cr_assert_not_null(t, "%s", err);
-    for (int i = 0; i < S_N_TOKENS; i++) free(tokens[i]);
+    for (int i = 0; i < S_N_TOKENS; i++)
+        free(tokens[i]);
     return t;
 }
 
 /* Appends the byte ids of s to ids. */
 static int s_bytes(int32_t *ids, int n, const char *s) {
-    for (; *s; s++) ids[n++] = (unsigned char)*s;
+    for (; *s; s++)
+        ids[n++] = (unsigned char)*s;
     return n;
 }
 
@@ -321,8 +323,8 @@ Test(chat_tokenize, chatml_with_an_image, .timeout = 10) {
     int32_t *prompt = NULL;
     int n = 0, n_images = 0;
     char err[MS_ERR_SIZE];
-    cr_assert_eq(ms_chat_build_prompt(tok, MS_CHAT_CHATML, m, 1, true, &prompt, &n, &n_images,
-                                      err, sizeof(err)),
+    cr_assert_eq(ms_chat_build_prompt(tok, MS_CHAT_CHATML, m, 1, true, &prompt, &n, &n_images, err,
+                                      sizeof(err)),
                  0, "%s", err);
     cr_assert_eq(n_images, 1);
     int32_t want[128];
@@ -349,8 +351,9 @@ Test(chat_tokenize, images_numbered_in_order_and_at_the_edges, .timeout = 10) {
     char err[MS_ERR_SIZE];
     cr_assert_eq(ms_chat_tokenize(tok, text, strlen(text), 4, &prompt, &n, err, sizeof(err)), 0,
                  "%s", err);
-    const int32_t want[] = {S_BOS,  MS_PROMPT_IMAGE(0), 'a',      MS_PROMPT_IMAGE(1),
-                            MS_PROMPT_IMAGE(2), 'b', S_IM_END, MS_PROMPT_IMAGE(3)};
+    const int32_t want[] = {
+        S_BOS,    MS_PROMPT_IMAGE(0), 'a', MS_PROMPT_IMAGE(1), MS_PROMPT_IMAGE(2), 'b',
+        S_IM_END, MS_PROMPT_IMAGE(3)};
     s_expect_ids(prompt, n, want, (int)MS_ARRAY_LEN(want));
     for (int i = 0; i < n; i++)
         if (MS_PROMPT_IS_IMAGE(prompt[i])) cr_assert_lt(MS_PROMPT_IMAGE_INDEX(prompt[i]), 4);
@@ -369,8 +372,7 @@ Test(chat_tokenize, no_bos_when_the_vocab_says_so, .timeout = 10) {
     s_expect_ids(prompt, n, want, 3);
     free(prompt);
     /* text only, special tokens parsed */
-    cr_assert_eq(ms_chat_tokenize(tok, "x</s>", 5, 0, &prompt, &n, err, sizeof(err)), 0, "%s",
-                 err);
+    cr_assert_eq(ms_chat_tokenize(tok, "x</s>", 5, 0, &prompt, &n, err, sizeof(err)), 0, "%s", err);
     const int32_t want2[] = {'x', S_EOS};
     s_expect_ids(prompt, n, want2, 2);
     free(prompt);

@@ -26,7 +26,10 @@
 
 static char err[MS_ERR_SIZE];
 
-static const char *s_lm_path(void) { return ms_test_path(ms_test_models_dir(), "tiny-lm.gguf"); }
+/* The text model the tests load: tiny-lm.gguf (qwen2) unless a test picks
+ * tiny-llama-lm.gguf. */
+static const char *s_lm_name = "tiny-lm.gguf";
+static const char *s_lm_path(void) { return ms_test_path(ms_test_models_dir(), s_lm_name); }
 static const char *s_mm_path(void) {
     return ms_test_path(ms_test_models_dir(), "tiny-mmproj.gguf");
 }
@@ -97,10 +100,16 @@ static void s_split(ms_engine *a, ms_engine *b, const int32_t *prompt, int n,
         free(feat);
     }
     const int V = ms_engine_n_vocab(a);
-    float *logits = malloc((size_t)V * sizeof(float));
+    float *logits = malloc((size_t)V * sizeof(float)), *ref_logits = malloc((size_t)V * sizeof(float));
     ms_seq *seq = ms_engine_seq_new(a);
     cr_assert_eq(ms_engine_prefill(a, seq, prompt, n, embd, n_images, logits, err, sizeof err), 0,
                  "%s", err);
+    /* a reference sequence that never moves: after the hand-off the logits
+     * of the imported sequence must equal its logits bit for bit */
+    ms_seq *ref = ms_engine_seq_new(a);
+    cr_assert_eq(ms_engine_prefill(a, ref, prompt, n, embd, n_images, ref_logits, err, sizeof err),
+                 0, "%s", err);
+    cr_assert(memcmp(logits, ref_logits, (size_t)V * sizeof(float)) == 0);
     free(embd);
     ms_sampler smp;
     cr_assert_eq(ms_sampler_init(&smp, sp, V), 0);
@@ -134,10 +143,16 @@ static void s_split(ms_engine *a, ms_engine *b, const int32_t *prompt, int n,
             cur = b;
         }
         cr_assert_eq(ms_engine_decode(cur, &seq, &t, 1, logits, err, sizeof err), 0, "%s", err);
+        cr_assert_eq(ms_engine_decode(a, &ref, &t, 1, ref_logits, err, sizeof err), 0, "%s", err);
+        cr_assert(memcmp(logits, ref_logits, (size_t)V * sizeof(float)) == 0,
+                  "logits after the KV hand-off differ from the reference at token %d", o->n);
+        cr_assert_eq(seq->n_past, ref->n_past);
     }
     ms_engine_seq_free(cur, &seq);
+    ms_engine_seq_free(a, &ref);
     ms_sampler_fini(&smp);
     free(logits);
+    free(ref_logits);
 }
 
 static void s_split_vs_generate(bool with_image, float temp) {
@@ -151,8 +166,10 @@ static void s_split_vs_generate(bool with_image, float temp) {
     ms_sampling_params sp;
     ms_sampling_params_default(&sp);
     sp.max_tokens = MAX_GEN;
+    /* the tiny models have top-1 margins of ~20 logits by design: only a
+     * high temperature makes the draws depend on the RNG and the exact logits */
     sp.temperature = temp;
-    sp.top_k = temp > 0 ? 40 : 0;
+    sp.top_p = temp > 0 ? 0.98f : 1.0f;
     sp.seed = 1234;
 
     ms_generate_result r;
@@ -170,6 +187,17 @@ static void s_split_vs_generate(bool with_image, float temp) {
         cr_assert_eq(o.tokens[i], r.tokens[i], "token %d: split %d, generate %d", i, o.tokens[i],
                      r.tokens[i]);
     cr_assert_eq(o.finish, r.finish);
+    if (temp > 0) {
+        /* the draws really were random: another seed gives other tokens */
+        ms_generate_result r2;
+        sp.seed = 4321;
+        cr_assert_eq(ms_engine_generate(a, prompt, n, with_image ? &ib : NULL, with_image ? 1 : 0,
+                                        &sp, NULL, NULL, &r2, err, sizeof err), 0, "%s", err);
+        cr_assert(r2.n_generated != r.n_generated ||
+                  memcmp(r2.tokens, r.tokens, (size_t)r.n_generated * sizeof(int32_t)) != 0,
+                  "seeds 1234 and 4321 drew the same %d tokens", r.n_generated);
+        ms_generate_result_fini(&r2);
+    }
     /* nothing leaked from the caches */
     cr_assert_eq(ms_engine_kv_free_blocks(a), ms_engine_kv_total_blocks(a));
     cr_assert_eq(ms_engine_kv_free_blocks(b), ms_engine_kv_total_blocks(b));
@@ -182,9 +210,62 @@ static void s_split_vs_generate(bool with_image, float temp) {
 TestSuite(engine, .timeout = 120);
 
 Test(engine, split_equals_generate_text_greedy) { s_split_vs_generate(false, 0.0f); }
-Test(engine, split_equals_generate_text_sampled) { s_split_vs_generate(false, 0.9f); }
+Test(engine, split_equals_generate_text_sampled) { s_split_vs_generate(false, 3.0f); }
 Test(engine, split_equals_generate_image_greedy) { s_split_vs_generate(true, 0.0f); }
-Test(engine, split_equals_generate_image_sampled) { s_split_vs_generate(true, 1.2f); }
+Test(engine, split_equals_generate_image_sampled) { s_split_vs_generate(true, 3.0f); }
+Test(engine, split_equals_generate_llama_image_greedy) {
+    s_lm_name = "tiny-llama-lm.gguf";
+    s_split_vs_generate(true, 0.0f);
+}
+Test(engine, split_equals_generate_llama_text_sampled) {
+    s_lm_name = "tiny-llama-lm.gguf";
+    s_split_vs_generate(false, 3.0f);
+}
+
+/* The image reaches the logits: different pixels, different features,
+ * different logits; the same pixels twice (in one batch), the same. */
+Test(engine, image_embeddings_flow_into_the_logits) {
+    ms_engine *e = s_engine("cpu-ref", true, 0, 0);
+    size_t img_len;
+    uint8_t *img = s_image(&img_len);
+    const size_t pf = ms_engine_image_floats(e), nt = (size_t)ms_engine_n_image_tokens(e);
+    const size_t ff = nt * ms_engine_feature_dim(e), ef = nt * ms_engine_n_embd(e);
+    const int V = ms_engine_n_vocab(e);
+    float *px = malloc(3 * pf * sizeof(float)), *feat = malloc(3 * ff * sizeof(float));
+    float *embd = malloc(3 * ef * sizeof(float));
+    cr_assert_eq(ms_engine_preprocess(e, img, img_len, px, err, sizeof err), 0, "%s", err);
+    for (size_t i = 0; i < pf; i++) px[pf + i] = -px[i];            /* image 1: negated */
+    memcpy(px + 2 * pf, px, pf * sizeof(float));                    /* image 2: = image 0 */
+    cr_assert_eq(ms_engine_encode(e, px, 3, feat, err, sizeof err), 0, "%s", err);
+    cr_assert(memcmp(feat, feat + 2 * ff, ff * sizeof(float)) == 0);
+    cr_assert(memcmp(feat, feat + ff, ff * sizeof(float)) != 0);
+    cr_assert_eq(ms_engine_project(e, feat, 3, embd, err, sizeof err), 0, "%s", err);
+    /* one image at a time gives the same features as the batch of three */
+    float *one = malloc(ff * sizeof(float));
+    cr_assert_eq(ms_engine_encode(e, px + pf, 1, one, err, sizeof err), 0, "%s", err);
+    cr_assert(memcmp(one, feat + ff, ff * sizeof(float)) == 0);
+    int32_t p[300];
+    int n = s_prompt(e, "What is this?", true, p, 300);
+    float *l0 = malloc((size_t)V * sizeof(float)), *l1 = malloc((size_t)V * sizeof(float));
+    ms_seq *a = ms_engine_seq_new(e), *b = ms_engine_seq_new(e);
+    cr_assert_eq(ms_engine_prefill(e, a, p, n, embd, 3, l0, err, sizeof err), 0, "%s", err);
+    for (int i = 0; i < n; i++)
+        if (MS_PROMPT_IS_IMAGE(p[i])) p[i] = MS_PROMPT_IMAGE(1);
+    cr_assert_eq(ms_engine_prefill(e, b, p, n, embd, 3, l1, err, sizeof err), 0, "%s", err);
+    double d = 0;
+    for (int i = 0; i < V; i++) d = fmax(d, fabs((double)l0[i] - l1[i]));
+    cr_assert(d > 1e-3, "logits moved by only %g when the image changed", d);
+    ms_engine_seq_free(e, &a);
+    ms_engine_seq_free(e, &b);
+    free(px);
+    free(feat);
+    free(embd);
+    free(one);
+    free(l0);
+    free(l1);
+    free(img);
+    ms_engine_destroy(&e);
+}
 
 Test(engine, accessors) {
     ms_engine *e = s_engine("cpu-ref", true, 0, 100);

@@ -19,9 +19,9 @@
 #define S_MAX_OUTPUT (1 << 20)
 
 typedef struct s_result {
-    int status;    /* exit status, or 128 + signal */
-    char *out;     /* stdout, NUL-terminated, owned */
-    char *err;     /* stderr, NUL-terminated, owned */
+    int status; /* exit status, or 128 + signal */
+    char *out;  /* stdout, NUL-terminated, owned */
+    char *err;  /* stderr, NUL-terminated, owned */
 } s_result;
 
 static void s_result_fini(s_result *r) {
@@ -105,7 +105,8 @@ static int s_parse_ids(const char *s, int32_t *ids, int cap) {
     int n = 0;
     char *end;
     for (;;) {
-        while (*s == ' ') s++;
+        while (*s == ' ')
+            s++;
         if (*s == '\n' || *s == '\0') break;
         long v = strtol(s, &end, 10);
         cr_assert(end != s, "not an integer at '%s'", s);
@@ -172,8 +173,8 @@ Test(run_cli, bad_files) {
                                    "-p", "hi", NULL};
     s_expect_fail(missing_image, "/nonexistent/a.jpg");
     /* an image that is not an image */
-    const char *bad_image[] = {"-m", s_lm, "--mmproj", s_mm, "--image", not_gguf, "-p", "hi",
-                               "-n", "2", "-q", NULL};
+    const char *bad_image[] = {"-m", s_lm, "--mmproj", s_mm, "--image", not_gguf,
+                               "-p", "hi", "-n",       "2",  "-q",      NULL};
     s_expect_fail(bad_image, "image");
 }
 
@@ -226,8 +227,9 @@ Test(run_cli, tokenize_matches_the_library) {
 }
 
 Test(run_cli, tokenize_places_images) {
-    const char *args[] = {"-m", s_lm, "--image", s_img, "--image", s_img, "-p",
-                          "Compare <image> and <image>.", "--tokenize", NULL};
+    const char *args[] = {"-m",         s_lm,  "--image", s_img,
+                          "--image",    s_img, "-p",      "Compare <image> and <image>.",
+                          "--tokenize", NULL};
     s_result r = s_run(args);
     cr_assert_eq(r.status, 0, "stderr: %s", r.err);
     int32_t got[512], want[512];
@@ -244,8 +246,8 @@ Test(run_cli, tokenize_places_images) {
     s_result_fini(&r);
 
     /* markers that do not match the images */
-    const char *mismatch[] = {"-m", s_lm, "--image", s_img, "-p", "<image> <image>", "--tokenize",
-                              NULL};
+    const char *mismatch[] = {"-m",         s_lm, "--image", s_img, "-p", "<image> <image>",
+                              "--tokenize", NULL};
     s_expect_fail(mismatch, "2 <image> markers");
 }
 
@@ -281,7 +283,7 @@ static int s_library_generate(const char *text, int n_max, int32_t *ids) {
 
 Test(run_cli, greedy_generation_matches_the_engine) {
     const char *args[] = {"-m", s_lm, "-p", "Tell me a story", "-n", "4", "--temp", "0", "--ids",
-                          "-t", "1", NULL};
+                          "-t", "1",  NULL};
     s_result r = s_run(args);
     cr_assert_eq(r.status, 0, "stderr: %s", r.err);
     const char *line = strstr(r.err, "ids:");
@@ -305,9 +307,9 @@ Test(run_cli, greedy_generation_matches_the_engine) {
 }
 
 Test(run_cli, seeded_sampling_is_reproducible) {
-    const char *args[] = {"-m", s_lm, "-p", "Once", "-n", "6", "--temp", "1.2", "--top-k", "20",
-                          "--top-p", "0.95", "--min-p", "0.01", "--seed", "42", "--ids", "-q",
-                          NULL};
+    const char *args[] = {"-m",     s_lm,      "-p",    "Once",    "-n",   "6",       "--temp",
+                          "1.2",    "--top-k", "20",    "--top-p", "0.95", "--min-p", "0.01",
+                          "--seed", "42",      "--ids", "-q",      NULL};
     s_result a = s_run(args), b = s_run(args);
     cr_assert_eq(a.status, 0, "stderr: %s", a.err);
     cr_assert_eq(b.status, 0);
@@ -319,8 +321,9 @@ Test(run_cli, seeded_sampling_is_reproducible) {
 }
 
 Test(run_cli, image_prompt) {
-    const char *args[] = {"-m", s_lm, "--mmproj", s_mm, "--image", s_img, "-p",
-                          "Describe this image.", "-n", "3", "--temp", "0", "-t", "1", NULL};
+    const char *args[] = {
+        "-m", s_lm, "--mmproj", s_mm, "--image", s_img, "-p", "Describe this image.",
+        "-n", "3",  "--temp",   "0",  "-t",      "1",   NULL};
     s_result r = s_run(args);
     cr_assert_eq(r.status, 0, "stderr: %s", r.err);
     cr_assert(strstr(r.err, "(1 images)") != NULL, "%s", r.err);
@@ -345,8 +348,8 @@ Test(run_cli, stop_string_is_not_printed) {
     }
     const char *cut = strstr(r.out, stop);
     size_t keep = (size_t)(cut - r.out);
-    const char *stop_args[] = {"-m", s_lm, "-p", "Tell me a story", "-n", "12", "-q", "--stop",
-                               stop, NULL};
+    const char *stop_args[] = {"-m",     s_lm, "-p", "Tell me a story", "-n", "12", "-q",
+                               "--stop", stop, NULL};
     s_result s = s_run(stop_args);
     cr_assert_eq(s.status, 0, "stderr: %s", s.err);
     cr_assert_eq(strlen(s.out), keep + 1, "with --stop '%s': [%s] vs [%s]", stop, s.out, r.out);

@@ -7,8 +7,7 @@
 #include "ms_common.h"
 #include "sampler.h"
 
-static ms_sampling_params s_params(float temp, int top_k, float top_p, float min_p,
-                                   uint64_t seed) {
+static ms_sampling_params s_params(float temp, int top_k, float top_p, float min_p, uint64_t seed) {
     ms_sampling_params p;
     ms_sampling_params_default(&p);
     p.temperature = temp;
@@ -68,11 +67,11 @@ static void s_expect_invalid(const ms_sampling_params *p, const char *word) {
 
 Test(sampler, validation_names_the_parameter, .timeout = 10) {
     ms_sampling_params p;
-#define S_CASE(stmt, word)                                                                       \
-    do {                                                                                         \
-        ms_sampling_params_default(&p);                                                          \
-        stmt;                                                                                    \
-        s_expect_invalid(&p, word);                                                              \
+#define S_CASE(stmt, word)                                                                         \
+    do {                                                                                           \
+        ms_sampling_params_default(&p);                                                            \
+        stmt;                                                                                      \
+        s_expect_invalid(&p, word);                                                                \
     } while (0)
     S_CASE(p.temperature = -0.5f, "temperature");
     S_CASE(p.temperature = NAN, "temperature");
@@ -160,7 +159,8 @@ Test(sampler, seeded_draws_reproduce, .timeout = 30) {
     ms_sampler s;
     for (int run = 0; run < 2; run++) {
         cr_assert_eq(ms_sampler_init(&s, &p, N), 0);
-        for (int i = 0; i < DRAWS; i++) (run ? second : first)[i] = ms_sampler_sample(&s, logits);
+        for (int i = 0; i < DRAWS; i++)
+            (run ? second : first)[i] = ms_sampler_sample(&s, logits);
         ms_sampler_fini(&s);
     }
     cr_assert_eq(memcmp(first, second, sizeof(first)), 0);
@@ -168,18 +168,21 @@ Test(sampler, seeded_draws_reproduce, .timeout = 30) {
     p.seed = 1235;
     cr_assert_eq(ms_sampler_init(&s, &p, N), 0);
     int same = 0;
-    for (int i = 0; i < DRAWS; i++) same += ms_sampler_sample(&s, logits) == first[i];
+    for (int i = 0; i < DRAWS; i++)
+        same += ms_sampler_sample(&s, logits) == first[i];
     ms_sampler_fini(&s);
     cr_assert_lt(same, DRAWS / 2, "seed 1235 repeats %d of %d draws of seed 1234", same, DRAWS);
 }
 
 /* Chi-square of counts against softmax(logits / temp), over the ids with
  * expected count >= 5 (the rest pooled). */
-static double s_chi_square(const float *logits, int n, float temp, const int *counts,
-                           int draws, int *dof) {
+static double s_chi_square(const float *logits, int n, float temp, const int *counts, int draws,
+                           int *dof) {
     double max = -INFINITY, z = 0.0;
-    for (int i = 0; i < n; i++) max = fmax(max, logits[i]);
-    for (int i = 0; i < n; i++) z += exp((logits[i] - max) / temp);
+    for (int i = 0; i < n; i++)
+        max = fmax(max, logits[i]);
+    for (int i = 0; i < n; i++)
+        z += exp((logits[i] - max) / temp);
     double chi = 0.0, pool_e = 0.0, pool_o = 0.0;
     *dof = -1;
     for (int i = 0; i < n; i++) {
@@ -210,15 +213,15 @@ Test(sampler, distribution_matches_softmax, .timeout = 60) {
         int dof;
         double chi = s_chi_square(logits, N, temps[t], counts, DRAWS, &dof);
         /* dof ~ 11: the 99.99th percentile is ~ 40; a broken sampler is far beyond */
-        cr_assert_lt(chi, 45.0, "temp %g: chi-square %.1f with %d dof", (double)temps[t], chi,
-                     dof);
+        cr_assert_lt(chi, 45.0, "temp %g: chi-square %.1f with %d dof", (double)temps[t], chi, dof);
     }
 }
 
 Test(sampler, top_k_keeps_the_k_best, .timeout = 30) {
     enum { N = 50, DRAWS = 20000 };
     float logits[N];
-    for (int i = 0; i < N; i++) logits[i] = (float)((i * 37) % N) * 0.05f; /* a permutation */
+    for (int i = 0; i < N; i++)
+        logits[i] = (float)((i * 37) % N) * 0.05f; /* a permutation */
     int counts[N];
     ms_sampling_params p = s_params(5.0f, 5, 1.0f, 0.0f, 3);
     s_histogram(&p, logits, N, DRAWS, counts);
@@ -242,14 +245,17 @@ Test(sampler, top_p_cuts_the_tail, .timeout = 30) {
     float logits[N];
     const double pr[N] = {0.5, 0.25, 0.125, 0.0625, 0.03125, 0.03125};
     const int order[N] = {3, 0, 5, 1, 4, 2}; /* ids by rank */
-    for (int r = 0; r < N; r++) logits[order[r]] = (float)log(pr[r]);
+    for (int r = 0; r < N; r++)
+        logits[order[r]] = (float)log(pr[r]);
     int counts[N];
     /* 0.5 + 0.25 = 0.75 >= 0.7: the two best only */
     ms_sampling_params p = s_params(1.0f, 0, 0.7f, 0.0f, 9);
     s_histogram(&p, logits, N, DRAWS, counts);
     for (int r = 0; r < N; r++) {
-        if (r < 2) cr_assert_gt(counts[order[r]], DRAWS / 5, "rank %d starved", r);
-        else cr_assert_eq(counts[order[r]], 0, "rank %d drawn with top_p 0.7", r);
+        if (r < 2)
+            cr_assert_gt(counts[order[r]], DRAWS / 5, "rank %d starved", r);
+        else
+            cr_assert_eq(counts[order[r]], 0, "rank %d drawn with top_p 0.7", r);
     }
     /* within the nucleus, renormalised: 2/3 vs 1/3 */
     double frac = (double)counts[order[0]] / DRAWS;
@@ -269,18 +275,101 @@ Test(sampler, top_p_on_a_large_vocab, .timeout = 60) {
     enum { N = 4000, DRAWS = 4000 };
     static float logits[N];
     static int counts[N];
-    for (int i = 0; i < N; i++) logits[i] = (i % 2) ? 0.0f : -0.01f;
+    for (int i = 0; i < N; i++)
+        logits[i] = (i % 2) ? 0.0f : -0.01f;
     ms_sampling_params p = s_params(1.0f, 0, 0.9f, 0.0f, 77);
     s_histogram(&p, logits, N, DRAWS, counts);
     /* the 2000 odd ids hold ~50.1% of the mass: 0.9 needs ~1600 even ids as well;
      * the lowest even ids come first among equals, so the highest even ids are cut */
     int high_even = 0, odd = 0;
     for (int i = 0; i < N; i++) {
-        if (i % 2) odd += counts[i];
-        else if (i >= 3400) high_even += counts[i];
+        if (i % 2)
+            odd += counts[i];
+        else if (i >= 3400)
+            high_even += counts[i];
     }
     cr_assert_eq(high_even, 0, "even ids >= 3400 were drawn %d times", high_even);
     cr_assert_gt(odd, DRAWS / 2, "odd ids drawn %d of %d", odd, DRAWS);
+}
+
+/* Reference nucleus: ids sorted by logit (desc, id asc), prefix reaching top_p. */
+static const float *s_ref_logits;
+static int s_cmp_desc(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    if (s_ref_logits[x] != s_ref_logits[y]) return s_ref_logits[x] > s_ref_logits[y] ? -1 : 1;
+    return x < y ? -1 : 1;
+}
+
+Test(sampler, top_p_histogram_path_matches_a_full_sort, .timeout = 60) {
+    enum { N = 20000, DRAWS = 3000 };
+    static float logits[N];
+    static int32_t order[N];
+    static int counts[N];
+    static bool in_nucleus[N];
+    const float top_ps[] = {0.5f, 0.9f, 0.99f};
+    for (size_t t = 0; t < MS_ARRAY_LEN(top_ps); t++) {
+        s_fill_logits(logits, N, 31 + t, 6.0f + 4.0f * (float)t);
+        s_ref_logits = logits;
+        double max = -INFINITY, total = 0.0;
+        for (int i = 0; i < N; i++) {
+            order[i] = i;
+            max = fmax(max, logits[i]);
+        }
+        for (int i = 0; i < N; i++)
+            total += exp(logits[i] - max);
+        qsort(order, N, sizeof(int32_t), s_cmp_desc);
+        memset(in_nucleus, 0, sizeof(in_nucleus));
+        double cum = 0.0;
+        int size = 0;
+        for (int i = 0; i < N; i++) {
+            in_nucleus[order[i]] = true;
+            size++;
+            cum += exp(logits[order[i]] - max);
+            if (cum >= top_ps[t] * total) break;
+        }
+        ms_sampling_params p = s_params(1.0f, 0, top_ps[t], 0.0f, 8);
+        s_histogram(&p, logits, N, DRAWS, counts);
+        int outside = 0;
+        for (int i = 0; i < N; i++)
+            if (!in_nucleus[i]) outside += counts[i];
+        cr_assert_eq(outside, 0, "top_p %g: %d draws outside the %d-token nucleus",
+                     (double)top_ps[t], outside, size);
+        /* the ranks just inside the cut are reachable: mass there is not dropped */
+        int tail = 0;
+        for (int i = size / 2; i < size; i++)
+            tail += counts[order[i]];
+        cr_assert_gt(tail, 0, "top_p %g: the lower half of the nucleus never drawn",
+                     (double)top_ps[t]);
+    }
+}
+
+Test(sampler, top_k_histogram_path_matches_a_full_sort, .timeout = 60) {
+    enum { N = 20000, DRAWS = 3000 };
+    static float logits[N];
+    static int32_t order[N];
+    static int counts[N];
+    const int ks[] = {1, 7, 300, 5000};
+    for (size_t t = 0; t < MS_ARRAY_LEN(ks); t++) {
+        s_fill_logits(logits, N, 57 + t, 3.0f);
+        for (int i = 0; i < N; i += 97)
+            logits[i] = logits[i / 2]; /* some ties */
+        s_ref_logits = logits;
+        for (int i = 0; i < N; i++)
+            order[i] = i;
+        qsort(order, N, sizeof(int32_t), s_cmp_desc);
+        ms_sampling_params p =
+            s_params(50.0f, ks[t], 1.0f, 0.0f, 4); /* nearly uniform in the set */
+        s_histogram(&p, logits, N, DRAWS, counts);
+        int inside = 0, last_half = 0;
+        for (int r = 0; r < ks[t]; r++) {
+            inside += counts[order[r]];
+            if (r >= ks[t] / 2) last_half += counts[order[r]];
+        }
+        cr_assert_eq(inside, DRAWS, "top_k %d: %d of %d draws outside the reference set", ks[t],
+                     DRAWS - inside, DRAWS);
+        cr_assert_gt(last_half, 0, "top_k %d: the lower half of the set never drawn", ks[t]);
+        if (ks[t] == 1) cr_assert_eq(counts[order[0]], DRAWS);
+    }
 }
 
 Test(sampler, min_p_drops_the_unlikely, .timeout = 30) {
@@ -306,7 +395,8 @@ Test(sampler, filters_use_temperature_one_probabilities, .timeout = 30) {
     enum { N = 6, DRAWS = 20000 };
     const double pr[N] = {0.5, 0.25, 0.125, 0.0625, 0.03125, 0.03125};
     float logits[N];
-    for (int i = 0; i < N; i++) logits[i] = (float)log(pr[i]);
+    for (int i = 0; i < N; i++)
+        logits[i] = (float)log(pr[i]);
     int counts[N];
     ms_sampling_params p = s_params(100.0f, 0, 0.7f, 0.0f, 5);
     s_histogram(&p, logits, N, DRAWS, counts);
@@ -325,12 +415,14 @@ Test(sampler, state_restore_continues_the_same_draws, .timeout = 30) {
     ms_sampler a, b;
     cr_assert_eq(ms_sampler_init(&a, &p, N), 0);
     int32_t whole[FIRST + REST];
-    for (int i = 0; i < FIRST + REST; i++) whole[i] = ms_sampler_sample(&a, logits);
+    for (int i = 0; i < FIRST + REST; i++)
+        whole[i] = ms_sampler_sample(&a, logits);
     ms_sampler_fini(&a);
 
     /* "prefill actor": FIRST draws, then export the state */
     cr_assert_eq(ms_sampler_init(&a, &p, N), 0);
-    for (int i = 0; i < FIRST; i++) cr_assert_eq(ms_sampler_sample(&a, logits), whole[i]);
+    for (int i = 0; i < FIRST; i++)
+        cr_assert_eq(ms_sampler_sample(&a, logits), whole[i]);
     uint64_t st = ms_sampler_state(&a);
     ms_sampler_fini(&a);
     /* "decode actor": a fresh sampler, state imported */

@@ -667,3 +667,79 @@ Test(tokenizer, gguf_validation, .timeout = 60) {
     ms_gguf_set_u32(w, "general.alignment", 32);
     expect_gguf_error(w, "tokenizer.ggml.model");
 }
+
+/* A Hugging Face tokenizer.json in SentencePiece style (what HF's Llama
+ * converter writes: Prepend/Replace normalizers, byte_fallback, merges as
+ * pairs), built from the llama2 vocabulary, must load as an SPM vocabulary
+ * that tokenizes like the original. */
+Test(tokenizer, hf_json_spm_style, .timeout = 120) {
+    char err[MS_ERR_SIZE], src[4096];
+    snprintf(src, sizeof src, "%s/data/tokenizers/llama2.vocab_merges.json", ms_test_shared_dir());
+    size_t len;
+    char *buf = (char *)ms_read_file(src, 64u << 20, &len, err, sizeof err);
+    cr_assert(buf, "%s", err);
+    cJSON *in = cJSON_Parse(buf);
+    free(buf);
+    cr_assert(in);
+    cJSON *root = cJSON_CreateObject(), *model = cJSON_CreateObject(), *vocab = cJSON_CreateObject();
+    cJSON *merges = cJSON_CreateArray(), *added = cJSON_CreateArray();
+    int id = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItem(in, "vocab")) {
+        cJSON_AddNumberToObject(vocab, e->valuestring, id);
+        if (id < 3) {
+            cJSON *a = cJSON_CreateObject();
+            cJSON_AddNumberToObject(a, "id", id);
+            cJSON_AddStringToObject(a, "content", e->valuestring);
+            cJSON_AddBoolToObject(a, "special", true);
+            cJSON_AddItemToArray(added, a);
+        }
+        id++;
+    }
+    cJSON_ArrayForEach(e, cJSON_GetObjectItem(in, "merges")) {
+        char *sp = strchr(e->valuestring, ' ');
+        cr_assert(sp);
+        *sp = 0;
+        const char *pair[2] = {e->valuestring, sp + 1};
+        cJSON_AddItemToArray(merges, cJSON_CreateStringArray(pair, 2));
+    }
+    cJSON_Delete(in);
+    cJSON_AddStringToObject(model, "type", "BPE");
+    cJSON_AddBoolToObject(model, "byte_fallback", true);
+    cJSON_AddStringToObject(model, "unk_token", "<unk>");
+    cJSON_AddItemToObject(model, "vocab", vocab);
+    cJSON_AddItemToObject(model, "merges", merges);
+    cJSON *norm = cJSON_Parse("{\"type\": \"Sequence\", \"normalizers\": [{\"type\": \"Prepend\", \"prepend\": "
+                              "\"\\u2581\"}, {\"type\": \"Replace\", \"pattern\": {\"String\": \" \"}, "
+                              "\"content\": \"\\u2581\"}]}");
+    cJSON *dec = cJSON_Parse("{\"type\": \"Sequence\", \"decoders\": [{\"type\": \"Replace\"}, {\"type\": "
+                             "\"ByteFallback\"}, {\"type\": \"Fuse\"}, {\"type\": \"Strip\"}]}");
+    cJSON_AddItemToObject(root, "added_tokens", added);
+    cJSON_AddItemToObject(root, "normalizer", norm);
+    cJSON_AddNullToObject(root, "pre_tokenizer");
+    cJSON_AddItemToObject(root, "decoder", dec);
+    cJSON_AddItemToObject(root, "model", model);
+    char *text = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    char path[] = "/tmp/ms_tok_hf_XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    free(text);
+
+    ms_vocab v;
+    int rc = ms_vocab_load_json(path, &v, err, sizeof err);
+    unlink(path);
+    cr_assert_eq(rc, 0, "%s", err);
+    cr_expect_str_eq(v.model, "llama");
+    cr_expect(v.add_space_prefix && v.add_bos);
+    cr_expect(v.unk_id == 0 && v.bos_id == 1 && v.eos_id == 2);
+    cr_expect(v.types[0] == MS_TOKEN_UNKNOWN && v.types[1] == MS_TOKEN_CONTROL && v.types[3] == MS_TOKEN_BYTE);
+    ms_tokenizer *t = new_tok(&v);
+    tcases cs = load_cases("llama2");
+    cr_expect_eq(compare_cases(t, &cs, "llama2 (HF JSON)"), 0);
+    free_cases(&cs);
+    ms_tokenizer_destroy(&t);
+    ms_vocab_fini(&v);
+}

@@ -50,6 +50,8 @@ from PIL import Image, ImageDraw, ImageFilter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT_DIR = os.path.join(HERE, "..", "tests", "data", "images")
+CORPUS_DIR = os.path.join(HERE, "..", "tests", "fuzz", "corpus", "image")
+CORPUS_MAX = 16 * 1024
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 LOSSY_MAXDIFF = 2  # JPEG / lossy WebP: PIL's bundled libjpeg-turbo 3.x / libwebp 1.6
@@ -314,6 +316,11 @@ def generate(out):
     W.pre("w_1x1.webp", "crop", 32)
     W.pre("p_19x13_1bit.png", "pad", 96)
     W.pre("sample.jpg", "pad", 224)
+    # Taller than 2:1: Pillow 13 resizes these vertically first (CROP, STRETCH).
+    W.image("p_50x170_tall.png", photo(50, 170, 22))
+    W.pre("p_50x170_tall.png", "crop", 32)
+    W.pre("p_50x170_tall.png", "stretch", 32)
+    W.pre("p_50x170_tall.png", "pad", 32)
 
     # Rejections: decompression bombs, zero sizes (headers only).
     W.reject("bomb_100000x100000.png", png_header_only(100000, 100000), "limit")
@@ -326,6 +333,39 @@ def generate(out):
     W.manifest()
     total = sum(os.path.getsize(W.path(f)) for f in os.listdir(out))
     print(f"wrote {len(W.lines)} cases to {out} ({total / 1024:.0f} KiB in the folder)")
+    corpus(W)
+
+
+def corpus(W):
+    """Seeds for tests/fuzz/fuzz_image.c: small valid files and broken ones."""
+    os.makedirs(CORPUS_DIR, exist_ok=True)
+    seeds = ["j_64x48_420.jpg", "j_37x23_444.jpg", "j_45x33_prog.jpg", "j_31x17_grey.jpg",
+             "j_20x14_cmyk.jpg", "j_7x3.jpg", "p_40x30_rgb.png", "p_40x30_rgba.png",
+             "p_40x30_palette_trns.png", "p_19x13_1bit.png", "p_40x30_interlaced.png",
+             "p_21x15_rgb16.png", "p_25x19_greyalpha.png", "w_40x30_lossy.webp",
+             "w_40x30_lossless.webp", "w_40x30_lossy_alpha.webp", "w_40x30_lossless_alpha.webp",
+             "bomb_100000x100000.png", "bomb_65535x65535.jpg", "bomb_16383x16383.webp",
+             "zero_width.png", "cmyk_truncated.jpg"]
+    n = 0
+    for name in seeds:
+        data = open(W.path(name), "rb").read()
+        assert len(data) < CORPUS_MAX, name
+        open(os.path.join(CORPUS_DIR, name), "wb").write(data)
+        n += 1
+    broken = {
+        "trunc_half.jpg": open(W.path("j_64x48_420.jpg"), "rb").read()[:700],
+        "trunc_half.png": open(W.path("p_40x30_rgb.png"), "rb").read()[:1200],
+        "trunc_half.webp": open(W.path("w_40x30_lossy.webp"), "rb").read()[:300],
+        "garbage.bin": bytes(range(256)) * 4,
+        "gif_header.gif": b"GIF89a\x01\x00\x01\x00\x00\x00\x00;",
+    }
+    bad_crc = bytearray(open(W.path("p_40x30_rgb.png"), "rb").read())
+    bad_crc[40] ^= 0xFF
+    broken["bad_crc.png"] = bytes(bad_crc)
+    for name, data in broken.items():
+        open(os.path.join(CORPUS_DIR, name), "wb").write(data)
+        n += 1
+    print(f"wrote {n} fuzz seeds to {CORPUS_DIR}")
 
 
 def _png_raw(w, h, depth, ctype, pixels: bytes):

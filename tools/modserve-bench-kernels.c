@@ -1,11 +1,12 @@
 /* modserve-bench-kernels — matmul throughput per weight type and backend.
  *
  *   modserve-bench-kernels [--K 4096] [--M 1024] [--n 1,64] [--types f32,f16,bf16,q8_0,q4_0,q4_K]
- *                          [--threads N] [--min-time 0.5] [--no-ref]
+ *                          [--threads N] [--isa auto|avx512|avx2|scalar] [--min-time 0.5] [--no-ref]
  *
  * For each weight type and batch size n it times y(n, M) = x(n, K) · Wᵀ on
  * cpu-ref, cpu with 1 thread and cpu with --threads threads (default: all
- * online CPUs), and prints one table row each: median milliseconds per call,
+ * online CPUs; --isa picks the kernel set, default the best this CPU runs),
+ * and prints one table row each: median milliseconds per call,
  * GFLOP/s (2·n·M·K flops), weight GB/s (bytes of W per call / time) and the
  * speed-up over cpu-ref measured in the same run. Each measurement is one
  * warm-up call and then repeated calls until --min-time seconds have passed
@@ -69,7 +70,8 @@ static ms_type s_type_from_name(const char *s) {
 
 static void s_usage(void) {
     fprintf(stderr, "usage: modserve-bench-kernels [--K 4096] [--M 1024] [--n 1,64] "
-                    "[--types f32,f16,bf16,q8_0,q4_0,q4_K] [--threads N] [--min-time S] [--no-ref]\n");
+                    "[--types f32,f16,bf16,q8_0,q4_0,q4_K] [--threads N] [--isa auto|avx512|avx2|scalar] "
+                    "[--min-time S] [--no-ref]\n");
 }
 
 int main(int argc, char **argv) {
@@ -77,6 +79,7 @@ int main(int argc, char **argv) {
     int ns[BENCH_MAX_NS] = {1, 64}, n_ns = 2, threads = 0;
     double min_time = 0.5;
     bool ref_on = true;
+    ms_cpu_isa isa_want = MS_CPU_ISA_AUTO;
     char types_arg[256] = "f32,f16,bf16,q8_0,q4_0,q4_K";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -86,7 +89,13 @@ int main(int argc, char **argv) {
         else if (strcmp(a, "--M") == 0) M = atoll(v);
         else if (strcmp(a, "--threads") == 0) threads = atoi(v);
         else if (strcmp(a, "--min-time") == 0) min_time = atof(v);
-        else if (strcmp(a, "--types") == 0) snprintf(types_arg, sizeof types_arg, "%s", v);
+        else if (strcmp(a, "--isa") == 0) {
+            if (strcmp(v, "auto") == 0) isa_want = MS_CPU_ISA_AUTO;
+            else if (strcmp(v, "avx512") == 0) isa_want = MS_CPU_ISA_AVX512;
+            else if (strcmp(v, "avx2") == 0) isa_want = MS_CPU_ISA_AVX2;
+            else if (strcmp(v, "scalar") == 0) isa_want = MS_CPU_ISA_SCALAR;
+            else { s_usage(); return 2; }
+        } else if (strcmp(a, "--types") == 0) snprintf(types_arg, sizeof types_arg, "%s", v);
         else if (strcmp(a, "--n") == 0) {
             n_ns = 0;
             char buf[256];
@@ -106,19 +115,13 @@ int main(int argc, char **argv) {
     }
     char err[MS_ERR_SIZE];
     ms_backend *ref = ms_backend_new("cpu-ref", 0, err, sizeof err);
-    ms_backend *c1 = ms_backend_cpu_new(1, err, sizeof err);
-    ms_backend *cn = ms_backend_cpu_new(threads, err, sizeof err);
+    ms_backend *c1 = ms_backend_cpu_new_isa(1, isa_want, err, sizeof err);
+    ms_backend *cn = c1 ? ms_backend_cpu_new_isa(threads, isa_want, err, sizeof err) : NULL;
     if (!ref || !c1 || !cn) {
         fprintf(stderr, "backend: %s\n", err);
         return 1;
     }
-    const char *isa = "?";
-    {
-        /* which kernels AUTO picked, for the header line */
-        ms_backend *probe = ms_backend_cpu_new_isa(1, MS_CPU_ISA_AVX2, err, sizeof err);
-        isa = probe ? "avx2" : "scalar";
-        ms_backend_destroy(&probe);
-    }
+    const char *isa = ms_backend_cpu_isa_name(cn);
     int max_n = 1;
     for (int i = 0; i < n_ns; i++) max_n = MS_MAX(max_n, ns[i]);
     float *x = ms_xmalloc((size_t)max_n * K * sizeof(float));

@@ -46,8 +46,14 @@ static int find_shared(const char *name, char *out, size_t cap) {
     };
     for (size_t i = 0; i < MS_ARRAY_LEN(fmts); i++) {
         if (!fmts[i][0]) continue;
-        snprintf(out, cap, fmts[i][1], fmts[i][0], name);
-        if (access(out, R_OK) == 0) return 0;
+        char path[PATH_MAX], real[PATH_MAX];
+        snprintf(path, sizeof path, fmts[i][1], fmts[i][0], name);
+        if (access(path, R_OK) != 0) continue;
+        const char *src = realpath(path, real) ? real : path;
+        size_t n = strlen(src);
+        if (n >= cap) continue;
+        memcpy(out, src, n + 1);
+        return 0;
     }
     return -1;
 }

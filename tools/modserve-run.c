@@ -63,23 +63,23 @@ static const char *s_usage =
     "  -h, --help              this text\n";
 
 typedef struct run_args {
-    const char *model;          /* -m */
-    const char *mmproj;         /* --mmproj */
-    const char *backend;        /* --backend */
-    int n_threads;              /* -t, 0 = default */
-    int kv_tokens;              /* --kv-tokens, 0 = default */
-    const char *prompt;         /* -p */
-    const char *prompt_file;    /* -f */
-    const char *system;         /* --system */
-    const char *chat_template;  /* --chat-template */
-    bool raw;                   /* --raw */
+    const char *model;                            /* -m */
+    const char *mmproj;                           /* --mmproj */
+    const char *backend;                          /* --backend */
+    int n_threads;                                /* -t, 0 = default */
+    int kv_tokens;                                /* --kv-tokens, 0 = default */
+    const char *prompt;                           /* -p */
+    const char *prompt_file;                      /* -f */
+    const char *system;                           /* --system */
+    const char *chat_template;                    /* --chat-template */
+    bool raw;                                     /* --raw */
     const char *images[MS_MAX_IMAGES_PER_PROMPT]; /* --image, in order */
     int n_images;
-    ms_sampling_params sp;      /* sampling flags */
-    bool seed_given;            /* --seed was passed */
-    bool tokenize;              /* --tokenize */
-    bool ids;                   /* --ids */
-    bool quiet;                 /* -q */
+    ms_sampling_params sp; /* sampling flags */
+    bool seed_given;       /* --seed was passed */
+    bool tokenize;         /* --tokenize */
+    bool ids;              /* --ids */
+    bool quiet;            /* -q */
 } run_args;
 
 static volatile sig_atomic_t s_interrupted;
@@ -143,7 +143,7 @@ static void s_parse_args(int argc, char **argv, run_args *a) {
     ms_sampling_params_default(&a->sp);
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i];
-#define IS(s) (strcmp(o, (s)) == 0)
+#define IS(s)   (strcmp(o, (s)) == 0)
 #define VALUE() (i + 1 < argc ? argv[++i] : (s_die_usage("%s needs a value", o), (char *)NULL))
         if (IS("-h") || IS("--help")) {
             printf(s_usage, MS_ENGINE_KV_TOKENS_DEFAULT, MS_DEFAULT_MAX_TOKENS, MS_MAX_GEN_TOKENS,
@@ -212,15 +212,16 @@ static void s_parse_args(int argc, char **argv, run_args *a) {
 #undef VALUE
     }
     if (!a->model) s_die_usage("-m MODEL is required%s", "");
-    if (!a->prompt && !a->prompt_file) s_die_usage("a prompt is required (-p TEXT or -f FILE)%s", "");
+    if (!a->prompt && !a->prompt_file)
+        s_die_usage("a prompt is required (-p TEXT or -f FILE)%s", "");
     if (a->prompt && a->prompt_file) s_die_usage("give -p or -f, not both%s", "");
-    if (a->raw && a->chat_template) s_die_usage("--raw and --chat-template exclude each other%s", "");
+    if (a->raw && a->chat_template)
+        s_die_usage("--raw and --chat-template exclude each other%s", "");
     if (a->raw && a->system) s_die_usage("--raw and --system exclude each other%s", "");
     if (a->n_images > 0 && !a->mmproj && !a->tokenize)
         s_die_usage("--image needs --mmproj (the vision tower)%s", "");
     char err[MS_ERR_SIZE];
-    if (ms_sampling_params_validate(&a->sp, err, sizeof(err)) != 0)
-        s_die_usage("%s", err);
+    if (ms_sampling_params_validate(&a->sp, err, sizeof(err)) != 0) s_die_usage("%s", err);
     if (!a->seed_given) a->sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
 }
 
@@ -244,8 +245,7 @@ static int s_build_prompt(const run_args *a, const ms_tokenizer *tok, const char
     if (a->system) msgs[n++] = (ms_chat_message){MS_CHAT_SYSTEM, a->system, 0};
     msgs[n++] = (ms_chat_message){MS_CHAT_USER, user_text, a->n_images};
     int n_images = 0;
-    return ms_chat_build_prompt(tok, t, msgs, n, true, prompt, n_prompt, &n_images, err,
-                                err_size);
+    return ms_chat_build_prompt(tok, t, msgs, n, true, prompt, n_prompt, &n_images, err, err_size);
 }
 
 /* --tokenize: only the tokenizer and the template are read from the model. */
@@ -277,7 +277,8 @@ static int s_tokenize_only(const run_args *a, const char *user_text) {
     if (rc != 0) {
         fprintf(stderr, "modserve-run: prompt: %s\n", err);
     } else {
-        for (int i = 0; i < n; i++) printf(i ? " %" PRId32 : "%" PRId32, prompt[i]);
+        for (int i = 0; i < n; i++)
+            printf(i ? " %" PRId32 : "%" PRId32, prompt[i]);
         printf("\n");
         if (!a->quiet)
             fprintf(stderr, "modserve-run: %d prompt entries, chat template %s\n", n,
@@ -341,15 +342,21 @@ static bool s_on_token(int32_t id, const char *text, int len, void *user) {
 
 static const char *s_finish_name(ms_finish_reason f) {
     switch (f) {
-    case MS_FINISH_EOG: return "end of generation";
-    case MS_FINISH_LENGTH: return "length";
-    case MS_FINISH_STOP: return "stop string";
-    case MS_FINISH_CANCEL: return "interrupted";
+    case MS_FINISH_EOG:
+        return "end of generation";
+    case MS_FINISH_LENGTH:
+        return "length";
+    case MS_FINISH_STOP:
+        return "stop string";
+    case MS_FINISH_CANCEL:
+        return "interrupted";
     }
     return "?";
 }
 
-static double s_rate(int n, double ms) { return ms > 0.0 ? 1000.0 * n / ms : 0.0; }
+static double s_rate(int n, double ms) {
+    return ms > 0.0 ? 1000.0 * n / ms : 0.0;
+}
 
 /* ---- main ----------------------------------------------------------------- */
 
@@ -362,7 +369,8 @@ int main(int argc, char **argv) {
     const char *user_text = a.prompt;
     if (a.prompt_file) {
         size_t len = 0;
-        file_text = (char *)ms_read_file(a.prompt_file, RUN_MAX_PROMPT_FILE, &len, err, sizeof(err));
+        file_text =
+            (char *)ms_read_file(a.prompt_file, RUN_MAX_PROMPT_FILE, &len, err, sizeof(err));
         if (!file_text) {
             fprintf(stderr, "modserve-run: %s\n", err);
             return 1;
@@ -389,8 +397,8 @@ int main(int argc, char **argv) {
     int32_t *prompt = NULL;
     for (int i = 0; i < a.n_images; i++) {
         size_t len = 0;
-        image_data[i] = ms_read_file(a.images[i], MS_IMAGE_MAX_BYTES_DEFAULT, &len, err,
-                                     sizeof(err));
+        image_data[i] =
+            ms_read_file(a.images[i], MS_IMAGE_MAX_BYTES_DEFAULT, &len, err, sizeof(err));
         if (!image_data[i]) {
             fprintf(stderr, "modserve-run: image %d: %s\n", i, err);
             goto done;
@@ -398,8 +406,10 @@ int main(int argc, char **argv) {
         images[i] = (ms_image_bytes){.data = image_data[i], .len = len};
     }
 
-    run_progress prog = {.label = s_basename(a.model), .tty = isatty(STDERR_FILENO) == 1,
-                         .shown = -1.0f, .quiet = a.quiet};
+    run_progress prog = {.label = s_basename(a.model),
+                         .tty = isatty(STDERR_FILENO) == 1,
+                         .shown = -1.0f,
+                         .quiet = a.quiet};
     ms_engine_params ep;
     ms_engine_params_default(&ep);
     ep.lm_path = a.model;
@@ -411,8 +421,10 @@ int main(int argc, char **argv) {
     ep.progress_user = &prog;
     double t0 = ms_now_s();
     e = ms_engine_new(&ep, err, sizeof(err));
-    if (e) s_on_progress("weights", 1.0f, &prog); /* the engine may skip stages: end at 100% */
-    else if (prog.tty && prog.shown >= 0.0f && !a.quiet) fputc('\n', stderr);
+    if (e)
+        s_on_progress("weights", 1.0f, &prog); /* the engine may skip stages: end at 100% */
+    else if (prog.tty && prog.shown >= 0.0f && !a.quiet)
+        fputc('\n', stderr);
     if (!e) {
         fprintf(stderr, "modserve-run: %s\n", err);
         goto done;
@@ -422,8 +434,8 @@ int main(int argc, char **argv) {
     const ms_lm *lm = ms_engine_lm(e);
     int n_prompt = 0;
     ms_chat_template t;
-    if (s_build_prompt(&a, ms_engine_tokenizer(e), lm->chat_template, user_text, &prompt,
-                       &n_prompt, &t, err, sizeof(err)) != 0) {
+    if (s_build_prompt(&a, ms_engine_tokenizer(e), lm->chat_template, user_text, &prompt, &n_prompt,
+                       &t, err, sizeof(err)) != 0) {
         fprintf(stderr, "modserve-run: prompt: %s\n", err);
         goto done;
     }
@@ -442,7 +454,8 @@ int main(int argc, char **argv) {
     fflush(stdout);
     if (a.ids) {
         fprintf(stderr, "ids:");
-        for (int i = 0; i < res.n_generated; i++) fprintf(stderr, " %" PRId32, res.tokens[i]);
+        for (int i = 0; i < res.n_generated; i++)
+            fprintf(stderr, " %" PRId32, res.tokens[i]);
         fprintf(stderr, "\n");
     }
     if (!a.quiet) {
@@ -462,7 +475,8 @@ int main(int argc, char **argv) {
         }
         fprintf(stderr, "  prefill    %9.2f ms  (%d rows, %.1f tokens/s)\n", res.t_prefill_ms,
                 res.n_prompt, s_rate(res.n_prompt, res.t_prefill_ms));
-        int n_dec = res.n_generated > 0 ? res.n_generated - 1 : 0; /* the first comes from prefill */
+        int n_dec =
+            res.n_generated > 0 ? res.n_generated - 1 : 0; /* the first comes from prefill */
         fprintf(stderr, "  decode     %9.2f ms  (%d steps, %.1f tokens/s)\n", res.t_decode_ms,
                 n_dec, s_rate(n_dec, res.t_decode_ms));
     }
@@ -472,7 +486,8 @@ int main(int argc, char **argv) {
 done:
     free(prompt);
     ms_engine_destroy(&e);
-    for (int i = 0; i < a.n_images; i++) free(image_data[i]);
+    for (int i = 0; i < a.n_images; i++)
+        free(image_data[i]);
     free(file_text);
     return rc;
 }

@@ -2,6 +2,10 @@
  * (threadpool.h) around the kernels of ops_cpu.h (AVX2 where the CPU has it,
  * portable C otherwise).
  *
+ * Kernels: AVX-512 + VNNI matmuls where the CPU has them, else AVX2/FMA,
+ * else portable C (ms_backend_cpu_new_isa picks one explicitly; the chosen
+ * set is named by ms_backend_cpu_isa_name).
+ *
  * How work is split (docs/kernels.md has the details and the reasons):
  *   matmul      quantized weights (Q8_0, Q4_0, Q4_K): the activation rows are first
  *               quantized to int8 blocks of 32 (scratch owned by the backend).
@@ -487,10 +491,25 @@ static bool s_cpu_has_avx2(void) {
 #endif
 }
 
+static bool s_cpu_has_avx512(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    return s_cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni");
+#else
+    return false;
+#endif
+}
+
 ms_backend *ms_backend_cpu_new_isa(int n_threads, ms_cpu_isa isa, char *err, size_t err_size) {
     const ms_cpu_kernels *k = NULL;
     switch (isa) {
-    case MS_CPU_ISA_AUTO: k = s_cpu_has_avx2() ? ms_cpu_kernels_avx2() : ms_cpu_kernels_scalar(); break;
+    case MS_CPU_ISA_AUTO:
+        k = s_cpu_has_avx512() ? ms_cpu_kernels_avx512()
+            : s_cpu_has_avx2() ? ms_cpu_kernels_avx2()
+                               : ms_cpu_kernels_scalar();
+        break;
     case MS_CPU_ISA_SCALAR: k = ms_cpu_kernels_scalar(); break;
     case MS_CPU_ISA_AVX2:
         if (!s_cpu_has_avx2()) {
@@ -498,6 +517,13 @@ ms_backend *ms_backend_cpu_new_isa(int n_threads, ms_cpu_isa isa, char *err, siz
             return NULL;
         }
         k = ms_cpu_kernels_avx2();
+        break;
+    case MS_CPU_ISA_AVX512:
+        if (!s_cpu_has_avx512()) {
+            ms_errf(err, err_size, "cpu backend: this CPU lacks AVX-512 F/BW/VL/DQ/VNNI");
+            return NULL;
+        }
+        k = ms_cpu_kernels_avx512();
         break;
     default: ms_errf(err, err_size, "cpu backend: unknown isa %d", (int)isa); return NULL;
     }
@@ -522,6 +548,10 @@ ms_backend *ms_backend_cpu_new_isa(int n_threads, ms_cpu_isa isa, char *err, siz
     be->ctx = c;
     be->n_threads = n_threads;
     return be;
+}
+
+const char *ms_backend_cpu_isa_name(const ms_backend *be) {
+    return be && be->ops == &s_ops ? ((const s_cpu *)be->ctx)->k->isa : NULL;
 }
 
 ms_backend *ms_backend_cpu_new(int n_threads, char *err, size_t err_size) {

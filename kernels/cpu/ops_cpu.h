@@ -1,9 +1,11 @@
 /* ops_cpu.h — inner kernels of the fast CPU backend (internal to kernels/cpu).
  *
  * backend_cpu.c does the threading and tiling; the kernels below do the
- * arithmetic on one thread. Two implementations fill the same table:
- * ops_scalar.c (portable C) and ops_avx2.c (AVX2 + FMA + F16C), chosen once at
- * backend creation with __builtin_cpu_supports.
+ * arithmetic on one thread. Three implementations fill the same table:
+ * ops_scalar.c (portable C), ops_avx2.c (AVX2 + FMA + F16C) and ops_avx512.c
+ * (AVX-512 + VNNI matmuls over the AVX2 table), chosen once at backend
+ * creation with __builtin_cpu_supports. Results differ between tables (in the
+ * last bits); within one table they are exactly reproducible.
  *
  * Determinism contract (the engine relies on it, tests/test_backend.c checks
  * it): every kernel computes each output element with an arithmetic sequence
@@ -88,16 +90,22 @@ static inline void ms_cpu_q4k_scales(const uint8_t q[12], uint8_t sc[8], uint8_t
 const ms_cpu_kernels *ms_cpu_kernels_scalar(void);
 /* The AVX2 table; call only where the CPU has AVX2, FMA and F16C. */
 const ms_cpu_kernels *ms_cpu_kernels_avx2(void);
+/* The AVX-512 table (AVX2's with AVX-512 matmul kernels); call only where the
+ * CPU also has AVX-512 F, BW, VL, DQ and VNNI. */
+const ms_cpu_kernels *ms_cpu_kernels_avx512(void);
 
 /* Which kernels ms_backend_cpu_new_isa uses. */
 typedef enum ms_cpu_isa {
     MS_CPU_ISA_AUTO = 0,   /* best the CPU supports */
     MS_CPU_ISA_SCALAR = 1, /* portable C (tests use it to cover the fallback) */
     MS_CPU_ISA_AVX2 = 2,   /* AVX2 + FMA + F16C; refused where the CPU lacks them */
+    MS_CPU_ISA_AVX512 = 3, /* AVX2 set + AVX-512 F/BW/VL/DQ/VNNI matmuls; refused likewise */
 } ms_cpu_isa;
 
 /* The "cpu" backend with a chosen kernel set (ms_backend_cpu_new is AUTO).
  * NULL + err when isa is not supported here or threads cannot start. */
 ms_backend *ms_backend_cpu_new_isa(int n_threads, ms_cpu_isa isa, char *err, size_t err_size);
+/* "avx512", "avx2" or "scalar" for a "cpu" backend; NULL for any other backend. */
+const char *ms_backend_cpu_isa_name(const ms_backend *be);
 
 #endif
