@@ -13,24 +13,24 @@
 #define MS_GEN_TEXT_BUF 1024 /* bytes of one token's text delta (>= 256 + MS_MAX_STOP_LEN) */
 
 struct ms_engine {
-    ms_lm *lm;               /* owned */
-    ms_vit *vit;             /* owned, NULL when text only */
-    ms_backend *be;          /* owned */
-    ms_kvcache *kv;          /* owned */
-    ms_llm *llm;             /* owned */
-    ms_vision *vis;          /* owned, NULL when text only */
-    ms_preprocess_cfg pcfg;  /* from the mmproj */
-    uint64_t model_hash;     /* see s_model_hash */
-    int n_ctx;               /* tokens per sequence */
-    int max_rows;            /* rows per LM pass */
-    uint64_t next_seq_id;    /* ids of new sequences */
+    ms_lm *lm;              /* owned */
+    ms_vit *vit;            /* owned, NULL when text only */
+    ms_backend *be;         /* owned */
+    ms_kvcache *kv;         /* owned */
+    ms_llm *llm;            /* owned */
+    ms_vision *vis;         /* owned, NULL when text only */
+    ms_preprocess_cfg pcfg; /* from the mmproj */
+    uint64_t model_hash;    /* see s_model_hash */
+    int n_ctx;              /* tokens per sequence */
+    int max_rows;           /* rows per LM pass */
+    uint64_t next_seq_id;   /* ids of new sequences */
     /* host scratch for one pass */
-    int32_t *tok;            /* (max_rows) batch token entries */
-    int32_t *hist;           /* (max_rows) history entries */
-    float *embd;             /* (max_rows, n_embd) embedding rows of the pass */
-    int *seg_rows;           /* (max_rows) */
-    int32_t *out_rows;       /* (max_rows) */
-    int *n_new;              /* (max_rows) */
+    int32_t *tok;      /* (max_rows) batch token entries */
+    int32_t *hist;     /* (max_rows) history entries */
+    float *embd;       /* (max_rows, n_embd) embedding rows of the pass */
+    int *seg_rows;     /* (max_rows) */
+    int32_t *out_rows; /* (max_rows) */
+    int *n_new;        /* (max_rows) */
 };
 
 void ms_engine_params_default(ms_engine_params *p) {
@@ -46,8 +46,8 @@ static void s_progress(const ms_engine_params *p, const char *what, float f) {
  * first layer's attention norm (small, always F32). */
 static uint64_t s_model_hash(const ms_lm *lm) {
     const ms_lm_hparams *hp = &lm->hp;
-    int64_t dims[] = {hp->arch, hp->n_vocab, hp->n_embd, hp->n_layer, hp->n_ff,
-                      hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_rot, hp->rope_neox};
+    int64_t dims[] = {hp->arch,   hp->n_vocab,   hp->n_embd,   hp->n_layer, hp->n_ff,
+                      hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_rot,   hp->rope_neox};
     uint64_t h = ms_hash64(dims, sizeof dims);
     h ^= ms_hash64(lm->output_norm->data, lm->output_norm->nbytes) * 0x9e3779b97f4a7c15ull;
     h ^= ms_hash64(lm->layers[0].attn_norm->data, lm->layers[0].attn_norm->nbytes) + (h << 6);
@@ -65,13 +65,13 @@ static int s_prepare(ms_engine *e, const ms_engine_params *p, char *err, size_t 
                         e->lm->output != e->lm->tok_embd ? e->lm->output : NULL};
     for (size_t i = 0; i < MS_ARRAY_LEN(top); i++)
         if (top[i] && be->ops->prepare_weight(be, top[i]) != 0)
-            return ms_errf(err, err_size, "backend %s: cannot prepare weight '%s'",
-                           be->ops->name, top[i]->name);
+            return ms_errf(err, err_size, "backend %s: cannot prepare weight '%s'", be->ops->name,
+                           top[i]->name);
     s_progress(p, "weights", (float)++done / total);
     for (int il = 0; il < e->lm->hp.n_layer; il++) {
         ms_lm_layer *L = &e->lm->layers[il];
-        ms_tensor *w[MAX_W] = {L->attn_norm, L->wq, L->wk, L->wv, L->wo, L->bq, L->bk,
-                               L->bv, L->ffn_norm, L->w_gate, L->w_up, L->w_down};
+        ms_tensor *w[MAX_W] = {L->attn_norm, L->wq, L->wk,       L->wv,     L->wo,   L->bq,
+                               L->bk,        L->bv, L->ffn_norm, L->w_gate, L->w_up, L->w_down};
         for (int i = 0; i < MAX_W; i++)
             if (w[i] && be->ops->prepare_weight(be, w[i]) != 0)
                 return ms_errf(err, err_size, "backend %s: cannot prepare weight '%s'",
@@ -80,17 +80,27 @@ static int s_prepare(ms_engine *e, const ms_engine_params *p, char *err, size_t 
     }
     if (e->vit) {
         ms_vit *v = e->vit;
-        ms_tensor *vw[] = {ms_vision_patch_weight(e->vis), v->patch_b, v->class_embd,
-                           v->pos_embd, v->pre_ln_w, v->pre_ln_b, v->post_ln_w, v->post_ln_b,
-                           v->mm0_w, v->mm0_b, v->mm2_w, v->mm2_b};
+        ms_tensor *vw[] = {ms_vision_patch_weight(e->vis),
+                           v->patch_b,
+                           v->class_embd,
+                           v->pos_embd,
+                           v->pre_ln_w,
+                           v->pre_ln_b,
+                           v->post_ln_w,
+                           v->post_ln_b,
+                           v->mm0_w,
+                           v->mm0_b,
+                           v->mm2_w,
+                           v->mm2_b};
         for (size_t i = 0; i < MS_ARRAY_LEN(vw); i++)
             if (vw[i] && be->ops->prepare_weight(be, vw[i]) != 0)
                 return ms_errf(err, err_size, "backend %s: cannot prepare weight '%s'",
                                be->ops->name, vw[i]->name);
         for (int il = 0; il < v->hp.n_layer; il++) {
             ms_vit_layer *L = &v->layers[il];
-            ms_tensor *w[MAX_W] = {L->ln1_w, L->ln1_b, L->q_w, L->q_b, L->k_w, L->k_b,
-                                   L->v_w, L->v_b, L->o_w, L->o_b, L->ln2_w, L->ln2_b,
+            ms_tensor *w[MAX_W] = {L->ln1_w,   L->ln1_b,   L->q_w,       L->q_b,
+                                   L->k_w,     L->k_b,     L->v_w,       L->v_b,
+                                   L->o_w,     L->o_b,     L->ln2_w,     L->ln2_b,
                                    L->ff_up_w, L->ff_up_b, L->ff_down_w, L->ff_down_b};
             for (int i = 0; i < MAX_W; i++)
                 if (w[i] && be->ops->prepare_weight(be, w[i]) != 0)
@@ -149,9 +159,10 @@ ms_engine *ms_engine_new(const ms_engine_params *p, char *err, size_t err_size) 
             goto fail;
         }
         if (e->vit->hp.proj_dim != e->lm->hp.n_embd) {
-            ms_errf(err, err_size, "%s: projection_dim %d does not match the text model's "
-                    "embedding_length %d", p->mmproj_path, e->vit->hp.proj_dim,
-                    e->lm->hp.n_embd);
+            ms_errf(err, err_size,
+                    "%s: projection_dim %d does not match the text model's "
+                    "embedding_length %d",
+                    p->mmproj_path, e->vit->hp.proj_dim, e->lm->hp.n_embd);
             goto fail;
         }
         s_progress(p, "mmproj", 1.0f);
@@ -218,24 +229,54 @@ void ms_engine_destroy(ms_engine **e_p) {
 
 /* ---- accessors ------------------------------------------------------------ */
 
-const ms_lm *ms_engine_lm(const ms_engine *e) { return e->lm; }
-const ms_vit *ms_engine_vit(const ms_engine *e) { return e->vit; }
-const ms_tokenizer *ms_engine_tokenizer(const ms_engine *e) { return e->lm->tok; }
-ms_backend *ms_engine_backend(const ms_engine *e) { return e->be; }
-int ms_engine_n_vocab(const ms_engine *e) { return e->lm->hp.n_vocab; }
-int ms_engine_n_embd(const ms_engine *e) { return e->lm->hp.n_embd; }
-int ms_engine_n_ctx(const ms_engine *e) { return e->n_ctx; }
-bool ms_engine_has_vision(const ms_engine *e) { return e->vit != NULL; }
-int ms_engine_n_image_tokens(const ms_engine *e) { return e->vit ? e->vit->hp.n_image_tokens : 0; }
-int ms_engine_image_size(const ms_engine *e) { return e->vit ? e->vit->hp.image_size : 0; }
+const ms_lm *ms_engine_lm(const ms_engine *e) {
+    return e->lm;
+}
+const ms_vit *ms_engine_vit(const ms_engine *e) {
+    return e->vit;
+}
+const ms_tokenizer *ms_engine_tokenizer(const ms_engine *e) {
+    return e->lm->tok;
+}
+ms_backend *ms_engine_backend(const ms_engine *e) {
+    return e->be;
+}
+int ms_engine_n_vocab(const ms_engine *e) {
+    return e->lm->hp.n_vocab;
+}
+int ms_engine_n_embd(const ms_engine *e) {
+    return e->lm->hp.n_embd;
+}
+int ms_engine_n_ctx(const ms_engine *e) {
+    return e->n_ctx;
+}
+bool ms_engine_has_vision(const ms_engine *e) {
+    return e->vit != NULL;
+}
+int ms_engine_n_image_tokens(const ms_engine *e) {
+    return e->vit ? e->vit->hp.n_image_tokens : 0;
+}
+int ms_engine_image_size(const ms_engine *e) {
+    return e->vit ? e->vit->hp.image_size : 0;
+}
 size_t ms_engine_image_floats(const ms_engine *e) {
     return e->vit ? 3 * (size_t)e->vit->hp.image_size * e->vit->hp.image_size : 0;
 }
-int ms_engine_feature_dim(const ms_engine *e) { return e->vit ? e->vit->hp.n_embd : 0; }
-uint64_t ms_engine_model_hash(const ms_engine *e) { return e->model_hash; }
-int ms_engine_kv_block_size(const ms_engine *e) { return e->kv->block_size; }
-int ms_engine_kv_total_blocks(const ms_engine *e) { return e->kv->n_blocks; }
-int ms_engine_kv_free_blocks(const ms_engine *e) { return e->kv->n_free; }
+int ms_engine_feature_dim(const ms_engine *e) {
+    return e->vit ? e->vit->hp.n_embd : 0;
+}
+uint64_t ms_engine_model_hash(const ms_engine *e) {
+    return e->model_hash;
+}
+int ms_engine_kv_block_size(const ms_engine *e) {
+    return e->kv->block_size;
+}
+int ms_engine_kv_total_blocks(const ms_engine *e) {
+    return e->kv->n_blocks;
+}
+int ms_engine_kv_free_blocks(const ms_engine *e) {
+    return e->kv->n_free;
+}
 size_t ms_engine_kv_bytes(const ms_engine *e) {
     return ms_kvcache_bytes(e->kv->n_layer, e->kv->row_dim, e->kv->block_size, e->kv->n_blocks);
 }
@@ -248,16 +289,16 @@ int ms_engine_preprocess(const ms_engine *e, const uint8_t *bytes, size_t len, f
     return ms_image_preprocess(bytes, len, &e->pcfg, pixels, err, err_size);
 }
 
-int ms_engine_encode(ms_engine *e, const float *pixels, int n_images, float *features,
-                     char *err, size_t err_size) {
+int ms_engine_encode(ms_engine *e, const float *pixels, int n_images, float *features, char *err,
+                     size_t err_size) {
     if (!e->vit) return ms_errf(err, err_size, "encode: the engine has no vision model");
     if (n_images < 0) return ms_errf(err, err_size, "encode: %d images", n_images);
     ms_vision_encode(e->vis, pixels, n_images, features);
     return 0;
 }
 
-int ms_engine_project(ms_engine *e, const float *features, int n_images, float *embd,
-                      char *err, size_t err_size) {
+int ms_engine_project(ms_engine *e, const float *features, int n_images, float *embd, char *err,
+                      size_t err_size) {
     if (!e->vit) return ms_errf(err, err_size, "project: the engine has no vision model");
     if (n_images < 0) return ms_errf(err, err_size, "project: %d images", n_images);
     ms_vision_project(e->vis, features, n_images * e->vit->hp.n_image_tokens, embd);
@@ -294,16 +335,23 @@ int ms_engine_prefill(ms_engine *e, ms_seq *seq, const int32_t *prompt, int n,
         const int32_t id = prompt[i];
         if (MS_PROMPT_IS_IMAGE(id)) {
             const int k = MS_PROMPT_IMAGE_INDEX(id);
-            if (!e->vit) return ms_errf(err, err_size, "prefill: prompt entry %d is image %d but "
-                                        "the engine has no vision model", i, k);
+            if (!e->vit)
+                return ms_errf(err, err_size,
+                               "prefill: prompt entry %d is image %d but "
+                               "the engine has no vision model",
+                               i, k);
             if (k >= n_images || !image_embd)
-                return ms_errf(err, err_size, "prefill: prompt entry %d refers to image %d, "
-                               "but %d images were given", i, k, image_embd ? n_images : 0);
+                return ms_errf(err, err_size,
+                               "prefill: prompt entry %d refers to image %d, "
+                               "but %d images were given",
+                               i, k, image_embd ? n_images : 0);
             rows += n_img_tok;
         } else {
             if (id >= e->lm->hp.n_vocab)
-                return ms_errf(err, err_size, "prefill: prompt entry %d is token %d, outside "
-                               "the vocabulary of %d", i, id, e->lm->hp.n_vocab);
+                return ms_errf(err, err_size,
+                               "prefill: prompt entry %d is token %d, outside "
+                               "the vocabulary of %d",
+                               i, id, e->lm->hp.n_vocab);
             rows += 1;
         }
     }
@@ -361,9 +409,10 @@ int ms_engine_decode(ms_engine *e, ms_seq *const *seqs, const int32_t *tokens, i
     if (n_seqs < 1) return ms_errf(err, err_size, "decode: batch of %d sequences", n_seqs);
     for (int i = 0; i < n_seqs; i++) {
         if (tokens[i] < 0 || tokens[i] >= e->lm->hp.n_vocab)
-            return ms_errf(err, err_size, "decode: token %d of sequence %llu is outside the "
-                           "vocabulary of %d", tokens[i], (unsigned long long)seqs[i]->id,
-                           e->lm->hp.n_vocab);
+            return ms_errf(err, err_size,
+                           "decode: token %d of sequence %llu is outside the "
+                           "vocabulary of %d",
+                           tokens[i], (unsigned long long)seqs[i]->id, e->lm->hp.n_vocab);
         if (seqs[i]->n_past + 1 > e->n_ctx)
             return ms_errf(err, err_size, "decode: sequence %llu is at the context limit of %d",
                            (unsigned long long)seqs[i]->id, e->n_ctx);
@@ -375,7 +424,8 @@ int ms_engine_decode(ms_engine *e, ms_seq *const *seqs, const int32_t *tokens, i
     const int V = e->lm->hp.n_vocab;
     for (int s0 = 0; s0 < n_seqs; s0 += e->max_rows) {
         const int cnt = MS_MIN(e->max_rows, n_seqs - s0);
-        for (int i = 0; i < cnt; i++) e->n_new[i] = 1;
+        for (int i = 0; i < cnt; i++)
+            e->n_new[i] = 1;
         /* reserve every chunk up front would be all-or-nothing over the whole
          * batch; check the total first, then reserve chunk by chunk */
         if (s0 == 0) {
@@ -404,7 +454,8 @@ int ms_engine_decode(ms_engine *e, ms_seq *const *seqs, const int32_t *tokens, i
             .out_rows = e->out_rows,
         };
         ms_llm_forward(e->llm, e->kv, &b, logits + (size_t)s0 * V);
-        for (int i = 0; i < cnt; i++) ms_kvcache_seq_advance(seqs[s0 + i], tokens + s0 + i, 1);
+        for (int i = 0; i < cnt; i++)
+            ms_kvcache_seq_advance(seqs[s0 + i], tokens + s0 + i, 1);
     }
     return 0;
 }
@@ -417,8 +468,9 @@ size_t ms_engine_seq_export_size(const ms_engine *e, const ms_seq *seq) {
 
 int ms_engine_seq_export(ms_engine *e, const ms_seq *seq, void *buf, size_t cap, char *err,
                          size_t err_size) {
-    if (seq->n_past < 1) return ms_errf(err, err_size, "KV export: sequence %llu is empty",
-                                        (unsigned long long)seq->id);
+    if (seq->n_past < 1)
+        return ms_errf(err, err_size, "KV export: sequence %llu is empty",
+                       (unsigned long long)seq->id);
     return ms_kvcache_export(e->kv, seq, e->model_hash, buf, cap, err, err_size);
 }
 
@@ -457,8 +509,11 @@ static int s_images(ms_engine *e, const ms_image_bytes *images, int n_images, fl
                     ms_generate_result *out, char *err, size_t err_size) {
     *embd_p = NULL;
     if (n_images == 0) return 0;
-    if (!e->vit) return ms_errf(err, err_size, "generate: %d images given but the engine has "
-                                "no vision model", n_images);
+    if (!e->vit)
+        return ms_errf(err, err_size,
+                       "generate: %d images given but the engine has "
+                       "no vision model",
+                       n_images);
     const size_t px = ms_engine_image_floats(e);
     const size_t ft = (size_t)e->vit->hp.n_image_tokens * e->vit->hp.n_embd;
     const size_t em = (size_t)e->vit->hp.n_image_tokens * e->lm->hp.n_embd;
@@ -488,8 +543,8 @@ static int s_images(ms_engine *e, const ms_image_bytes *images, int n_images, fl
 }
 
 int ms_engine_generate(ms_engine *e, const int32_t *prompt, int n, const ms_image_bytes *images,
-                       int n_images, const ms_sampling_params *sp, ms_token_fn on_token,
-                       void *user, ms_generate_result *out, char *err, size_t err_size) {
+                       int n_images, const ms_sampling_params *sp, ms_token_fn on_token, void *user,
+                       ms_generate_result *out, char *err, size_t err_size) {
     memset(out, 0, sizeof *out);
     if (ms_sampling_params_validate(sp, err, err_size) != 0) return -1;
     if (n_images < 0 || n_images > MS_MAX_IMAGES_PER_PROMPT)

@@ -37,10 +37,11 @@
 #include "sampler.h"
 #include "tokenizer.h"
 
-#define MS_ENGINE_KV_TOKENS_DEFAULT    4096 /* KV capacity when params leave it 0, tokens */
-#define MS_ENGINE_BATCH_TOKENS_DEFAULT 512  /* rows per forward pass (prefill chunk, decode batch) */
-#define MS_ENGINE_MAX_BATCH_TOKENS     65536
-#define MS_ENGINE_VIT_BATCH_DEFAULT    4    /* images per ViT forward pass */
+/* Defaults and limits of ms_engine_params (0 in a field means the default). */
+#define MS_ENGINE_KV_TOKENS_DEFAULT    4096      /* KV capacity, tokens */
+#define MS_ENGINE_BATCH_TOKENS_DEFAULT 512       /* rows per LM pass: prefill chunk, decode slice */
+#define MS_ENGINE_MAX_BATCH_TOKENS     65536     /* largest accepted max_batch_tokens */
+#define MS_ENGINE_VIT_BATCH_DEFAULT    4         /* images per ViT pass */
 #define MS_ENGINE_MAX_PROMPT           (1 << 20) /* longest accepted prompt, entries */
 
 /* Loading progress: what is being done ("lm", "mmproj", "weights", "kv") and
@@ -48,18 +49,18 @@
 typedef void (*ms_engine_progress_fn)(const char *what, float fraction, void *user);
 
 typedef struct ms_engine_params {
-    const char *lm_path;        /* text model GGUF (required) */
-    const char *mmproj_path;    /* vision tower + projector GGUF, or NULL for text only */
-    const char *backend;        /* "cpu" (NULL means "cpu") or "cpu-ref" */
-    int n_threads;              /* backend threads; <= 0: one per core */
-    int kv_block_size;          /* tokens per KV block; 0: MS_KV_BLOCK_SIZE_DEFAULT */
-    int kv_max_tokens;          /* KV capacity over all sequences, tokens (rounded up to
-                                   blocks); 0: MS_ENGINE_KV_TOKENS_DEFAULT. Bounds KV memory. */
-    int n_ctx;                  /* tokens one sequence may hold; 0: min(n_ctx_train, kv_max_tokens) */
-    int max_batch_tokens;       /* rows per LM forward pass; 0: MS_ENGINE_BATCH_TOKENS_DEFAULT */
-    int vit_batch;              /* images per ViT pass; 0: MS_ENGINE_VIT_BATCH_DEFAULT */
+    const char *lm_path;     /* text model GGUF (required) */
+    const char *mmproj_path; /* vision tower + projector GGUF, or NULL for text only */
+    const char *backend;     /* "cpu" (NULL means "cpu") or "cpu-ref" */
+    int n_threads;           /* backend threads; <= 0: one per core */
+    int kv_block_size;       /* tokens per KV block; 0: MS_KV_BLOCK_SIZE_DEFAULT */
+    int kv_max_tokens;       /* KV capacity over all sequences, tokens (rounded up to
+                                blocks); 0: MS_ENGINE_KV_TOKENS_DEFAULT. Bounds KV memory. */
+    int n_ctx;               /* tokens one sequence may hold; 0: min(n_ctx_train, kv_max_tokens) */
+    int max_batch_tokens;    /* rows per LM forward pass; 0: MS_ENGINE_BATCH_TOKENS_DEFAULT */
+    int vit_batch;           /* images per ViT pass; 0: MS_ENGINE_VIT_BATCH_DEFAULT */
     ms_engine_progress_fn progress; /* may be NULL */
-    void *progress_user;        /* passed to progress */
+    void *progress_user;            /* passed to progress */
 } ms_engine_params;
 
 /* Fills p with defaults (all zero/NULL, backend "cpu"). */
@@ -75,23 +76,23 @@ void ms_engine_destroy(ms_engine **e_p);
 
 /* ---- accessors ------------------------------------------------------------ */
 const ms_lm *ms_engine_lm(const ms_engine *e);
-const ms_vit *ms_engine_vit(const ms_engine *e);          /* NULL when text only */
+const ms_vit *ms_engine_vit(const ms_engine *e); /* NULL when text only */
 const ms_tokenizer *ms_engine_tokenizer(const ms_engine *e);
 ms_backend *ms_engine_backend(const ms_engine *e);
 int ms_engine_n_vocab(const ms_engine *e);
-int ms_engine_n_embd(const ms_engine *e);                 /* LM embedding width */
-int ms_engine_n_ctx(const ms_engine *e);                  /* tokens per sequence at most */
+int ms_engine_n_embd(const ms_engine *e); /* LM embedding width */
+int ms_engine_n_ctx(const ms_engine *e);  /* tokens per sequence at most */
 bool ms_engine_has_vision(const ms_engine *e);
-int ms_engine_n_image_tokens(const ms_engine *e);         /* 0 when text only */
-int ms_engine_image_size(const ms_engine *e);             /* S; 0 when text only */
-size_t ms_engine_image_floats(const ms_engine *e);        /* 3 * S * S; 0 when text only */
-int ms_engine_feature_dim(const ms_engine *e);            /* ViT n_embd; 0 when text only */
+int ms_engine_n_image_tokens(const ms_engine *e);  /* 0 when text only */
+int ms_engine_image_size(const ms_engine *e);      /* S; 0 when text only */
+size_t ms_engine_image_floats(const ms_engine *e); /* 3 * S * S; 0 when text only */
+int ms_engine_feature_dim(const ms_engine *e);     /* ViT n_embd; 0 when text only */
 /* Identifies the text model (dims + a hash of some weights); KV blobs carry it. */
 uint64_t ms_engine_model_hash(const ms_engine *e);
 int ms_engine_kv_block_size(const ms_engine *e);
 int ms_engine_kv_total_blocks(const ms_engine *e);
 int ms_engine_kv_free_blocks(const ms_engine *e);
-size_t ms_engine_kv_bytes(const ms_engine *e);            /* KV pool memory, bytes */
+size_t ms_engine_kv_bytes(const ms_engine *e); /* KV pool memory, bytes */
 
 /* ---- vision stages -------------------------------------------------------- */
 /* Decodes and preprocesses one image (CPU only, thread-safe) into pixels
@@ -100,12 +101,12 @@ int ms_engine_preprocess(const ms_engine *e, const uint8_t *bytes, size_t len, f
                          char *err, size_t err_size);
 /* ViT over n_images preprocessed images (pixels: n_images * image_floats)
  * into features (n_images * n_image_tokens * feature_dim). 0 or -1 + err. */
-int ms_engine_encode(ms_engine *e, const float *pixels, int n_images, float *features,
-                     char *err, size_t err_size);
+int ms_engine_encode(ms_engine *e, const float *pixels, int n_images, float *features, char *err,
+                     size_t err_size);
 /* The mlp connector: features (as encode writes them) → embd
  * (n_images * n_image_tokens * n_embd). 0 or -1 + err. */
-int ms_engine_project(ms_engine *e, const float *features, int n_images, float *embd,
-                      char *err, size_t err_size);
+int ms_engine_project(ms_engine *e, const float *features, int n_images, float *embd, char *err,
+                      size_t err_size);
 
 /* ---- sequences ------------------------------------------------------------ */
 /* A new empty sequence (no KV blocks yet), owned by the caller. */
@@ -136,7 +137,9 @@ int ms_engine_decode(ms_engine *e, ms_seq *const *seqs, const int32_t *tokens, i
 /* ---- KV hand-off ---------------------------------------------------------- */
 /* Bytes of the blob of seq (kvcache.h describes the format). */
 size_t ms_engine_seq_export_size(const ms_engine *e, const ms_seq *seq);
-/* Writes the blob of seq into buf (cap bytes). 0 or -1 + err. */
+/* Writes the blob of seq (which must hold tokens) into buf (cap bytes).
+ * The sequence is unchanged: free it once the blob is safely elsewhere.
+ * 0 or -1 + err. */
 int ms_engine_seq_export(ms_engine *e, const ms_seq *seq, void *buf, size_t cap, char *err,
                          size_t err_size);
 /* A new sequence with freshly allocated blocks holding the blob's rows. The
@@ -158,17 +161,19 @@ typedef enum ms_finish_reason {
     MS_FINISH_CANCEL = 3, /* the token callback asked to stop */
 } ms_finish_reason;
 
-/* Called once per generated token with the text it releases (may be empty:
- * held back by UTF-8 completion or a possible stop string). Return false to
- * stop generating. */
+/* Called once per sampled token (the end-of-generation token included) with
+ * the text it releases: possibly empty (held back until a UTF-8 character is
+ * complete or a possible stop string is decided); with the last token, what
+ * was still held is flushed. The concatenated texts equal result.text.
+ * Return false to stop generating. */
 typedef bool (*ms_token_fn)(int32_t id, const char *text, int len, void *user);
 
 typedef struct ms_generate_result {
-    int n_prompt;          /* rows prefilled (images expanded) */
-    int n_generated;       /* tokens sampled */
-    int32_t *tokens;       /* the n_generated tokens, owned (ms_generate_result_fini) */
-    char *text;            /* all emitted text, NUL-terminated, owned */
-    size_t text_len;       /* bytes in text */
+    int n_prompt;    /* rows prefilled (images expanded) */
+    int n_generated; /* tokens sampled */
+    int32_t *tokens; /* the n_generated tokens, owned (ms_generate_result_fini) */
+    char *text;      /* all emitted text, NUL-terminated, owned */
+    size_t text_len; /* bytes in text */
     ms_finish_reason finish;
     double t_preprocess_ms; /* wall time per stage */
     double t_encode_ms;     /* ViT */
@@ -185,7 +190,7 @@ void ms_generate_result_fini(ms_generate_result *r);
  * (and must be finalised) on success. Errors name the stage and, for images,
  * the image index ("image 1: ..."). */
 int ms_engine_generate(ms_engine *e, const int32_t *prompt, int n, const ms_image_bytes *images,
-                       int n_images, const ms_sampling_params *sp, ms_token_fn on_token,
-                       void *user, ms_generate_result *out, char *err, size_t err_size);
+                       int n_images, const ms_sampling_params *sp, ms_token_fn on_token, void *user,
+                       ms_generate_result *out, char *err, size_t err_size);
 
 #endif

@@ -36,6 +36,7 @@
  */
 #include "image.h"
 
+#include "image_kernels.h"
 #include "ms_common.h"
 
 #include <assert.h>
@@ -424,10 +425,6 @@ void ms_image_fini(ms_image *img) {
 
 /* ---- resize: coefficients ----------------------------------------------- */
 
-#define S_PREC   22                  /* Pillow's PRECISION_BITS (32 - 8 - 2) */
-#define S_HALF   (1 << (S_PREC - 1)) /* rounding term */
-#define S_KSPLIT 11                  /* SIMD: k = (k >> 11) * 2048 + (k & 2047), both int16 */
-#define S_KLO    ((1 << S_KSPLIT) - 1)
 #define S_BICUBIC_SUPPORT 2.0
 
 /* Pillow's bicubic_filter, a = -0.5, same operation order. */
@@ -439,28 +436,16 @@ static double s_bicubic(double x) {
     return 0.0;
 }
 
-/* One axis of a resize, for a window of its outputs. The input axis is
- * virtual: pad_lo constant samples, then the real ones, then constant ones;
- * the constant samples' weights are summed into kpad. */
-typedef struct s_axis {
-    int n;         /* outputs in the window */
-    int kstride;   /* weights per output in k (a multiple of 4) */
-    int *first;    /* (n) first real input sample of each output */
-    int *count;    /* (n) real input samples of each output (contiguous) */
-    int32_t *k;    /* (n, kstride) fixed-point weights of those samples, zero padded */
-    int32_t *kpad; /* (n) total weight of the constant samples */
-} s_axis;
-
 /* Pillow's precompute_coeffs + normalize_coeffs_8bpc for outputs
  * [o0, o0 + n) of a resize of v_size inputs to out_size outputs. */
-static void s_axis_init(s_axis *ax, int v_size, int out_size, int o0, int n, int pad_lo,
+static void s_axis_init(ms_image_axis *ax, int v_size, int out_size, int o0, int n, int pad_lo,
                         int real_size) {
     double scale = (double)(float)v_size / out_size; /* Pillow's box is float */
     double filterscale = scale < 1.0 ? 1.0 : scale;
     double support = S_BICUBIC_SUPPORT * filterscale;
     int ksize = (int)ceil(support) * 2 + 1;
     ax->n = n;
-    ax->kstride = (ksize + 3) & ~3;
+    ax->kstride = (ksize + MS_IMAGE_KALIGN - 1) / MS_IMAGE_KALIGN * MS_IMAGE_KALIGN;
     ax->first = ms_xcalloc((size_t)n, sizeof *ax->first);
     ax->count = ms_xcalloc((size_t)n, sizeof *ax->count);
     ax->k = ms_xcalloc((size_t)n * (size_t)ax->kstride, sizeof *ax->k);
@@ -483,7 +468,7 @@ static void s_axis_init(s_axis *ax, int v_size, int out_size, int o0, int n, int
         int cnt = 0;
         for (int x = 0; x < xmax; x++) {
             double v = ww != 0.0 ? w[x] / ww : w[x];
-            int32_t q = v < 0 ? (int32_t)(-0.5 + v * (1 << S_PREC)) : (int32_t)(0.5 + v * (1 << S_PREC));
+            int32_t q = v < 0 ? (int32_t)(-0.5 + v * (1 << MS_IMAGE_PREC)) : (int32_t)(0.5 + v * (1 << MS_IMAGE_PREC));
             int r = xmin + x - pad_lo;
             if (r < 0 || r >= real_size) {
                 ax->kpad[i] += q;
@@ -497,7 +482,7 @@ static void s_axis_init(s_axis *ax, int v_size, int out_size, int o0, int n, int
     free(w);
 }
 
-static void s_axis_fini(s_axis *ax) {
+static void s_axis_fini(ms_image_axis *ax) {
     free(ax->first);
     free(ax->count);
     free(ax->k);
@@ -505,22 +490,8 @@ static void s_axis_fini(s_axis *ax) {
     memset(ax, 0, sizeof *ax);
 }
 
-static inline uint8_t s_clip8(int32_t v) {
-    if (v >= (1 << S_PREC << 8)) return 255;
-    if (v <= 0) return 0;
-    return (uint8_t)(v >> S_PREC);
-}
-
-/* The horizontal pass's plan: its axis, a per-output start value that
- * carries the padding, and (for SIMD kernels) the weights as int16 pairs. */
-typedef struct s_hplan {
-    const s_axis *ax; /* the horizontal axis */
-    int32_t *bias;    /* (n, 4) S_HALF + pad colour * kpad per channel, 16-byte aligned */
-    void *kvec;       /* SIMD only: (n, kstride) 16-byte vectors, see s_hplan_init */
-} s_hplan;
-
 static void *s_aligned(size_t n) {
-    void *p = aligned_alloc(16, (n + 15) & ~(size_t)15);
+    void *p = aligned_alloc(32, (n + 31) & ~(size_t)31);
     if (!p) { /* as ms_xmalloc: sizes were validated before they got here */
         ms_error("out of memory allocating %zu bytes", n);
         abort();
@@ -533,34 +504,44 @@ static inline uint32_t s_pair16(int32_t a, int32_t b) {
     return (uint32_t)(uint16_t)a | (uint32_t)(uint16_t)b << 16;
 }
 
-static void s_hplan_init(s_hplan *hp, const s_axis *ax, const uint8_t pad[3], bool kvec) {
+/* Index, in 16-byte units from an output's first, of the vector holding the
+ * high halves of the weight pair (t, t+1), t even; the low halves follow at
+ * +1 (SSSE3) or +2 (AVX2, see ms_image_kvec_layout). */
+static size_t s_kvec_hi(ms_image_kvec_layout layout, int t) {
+    if (layout == MS_IMAGE_KVEC_SSSE3) return (size_t)t;
+    int r = t % 8;
+    return (size_t)(t - r) + 2 * (size_t)(r & 2) + (size_t)(r >> 2);
+}
+
+static void s_hplan_init(ms_image_hplan *hp, const ms_image_axis *ax, const uint8_t pad[3],
+                         ms_image_kvec_layout layout) {
     hp->ax = ax;
     hp->bias = s_aligned((size_t)ax->n * 4 * sizeof *hp->bias);
     for (int i = 0; i < ax->n; i++) {
-        for (int c = 0; c < 3; c++) hp->bias[4 * i + c] = S_HALF + pad[c] * ax->kpad[i];
+        for (int c = 0; c < 3; c++) hp->bias[4 * i + c] = MS_IMAGE_HALF + pad[c] * ax->kpad[i];
         hp->bias[4 * i + 3] = 0;
     }
     hp->kvec = NULL;
-    if (!kvec) return;
-    /* Per group of 4 taps t..t+3: {hi(t,t+1), lo(t,t+1), hi(t+2,t+3), lo(t+2,t+3)},
-     * each pair repeated over the 4 lanes of a 16-byte vector. */
+    if (layout == MS_IMAGE_KVEC_NONE) return;
+    size_t lo_off = layout == MS_IMAGE_KVEC_SSSE3 ? 1 : 2;
     uint32_t *v = s_aligned((size_t)ax->n * (size_t)ax->kstride * 16);
     for (int i = 0; i < ax->n; i++) {
         const int32_t *k = ax->k + (size_t)i * ax->kstride;
-        uint32_t *vi = v + (size_t)i * ax->kstride * 4;
+        uint32_t *vi = v + (size_t)i * ax->kstride * 4; /* 4 uint32 per 16-byte unit */
         for (int t = 0; t < ax->kstride; t += 2) {
-            uint32_t hi = s_pair16(k[t] >> S_KSPLIT, k[t + 1] >> S_KSPLIT);
-            uint32_t lo = s_pair16(k[t] & S_KLO, k[t + 1] & S_KLO);
+            uint32_t hi = s_pair16(k[t] >> MS_IMAGE_KSPLIT, k[t + 1] >> MS_IMAGE_KSPLIT);
+            uint32_t lo = s_pair16(k[t] & MS_IMAGE_KLO, k[t + 1] & MS_IMAGE_KLO);
+            size_t h = s_kvec_hi(layout, t);
             for (int l = 0; l < 4; l++) {
-                vi[(size_t)t * 4 + l] = hi;
-                vi[(size_t)t * 4 + 4 + l] = lo;
+                vi[h * 4 + l] = hi;
+                vi[(h + lo_off) * 4 + l] = lo;
             }
         }
     }
     hp->kvec = v;
 }
 
-static void s_hplan_fini(s_hplan *hp) {
+static void s_hplan_fini(ms_image_hplan *hp) {
     free(hp->bias);
     free(hp->kvec);
 }
@@ -570,63 +551,45 @@ static void s_hplan_fini(s_hplan *hp) {
 /* A kernel set: the two passes, scalar or SIMD, chosen at run time. */
 typedef struct s_kernels {
     const char *name;
-    bool kvec; /* hpass reads s_hplan.kvec */
+    ms_image_kvec_layout layout; /* of ms_image_hplan.kvec, as hpass reads it */
     /* One row: in has w RGB pixels, out gets hp->ax->n RGB pixels. */
-    void (*hpass)(uint8_t *out, const uint8_t *in, int w, const s_hplan *hp);
-    /* One row of nbytes: out[x] = clip8(S_HALF + sum_t rows[t][x] * k[t]). */
+    void (*hpass)(uint8_t *out, const uint8_t *in, int w, const ms_image_hplan *hp);
+    /* One row of nbytes: out[x] = clip8(MS_IMAGE_HALF + sum_t rows[t][x] * k[t]). */
     void (*vpass)(uint8_t *out, const uint8_t *const *rows, const int32_t *k, int ntaps, int nbytes);
 } s_kernels;
 
-static inline void s_hpass_px(uint8_t *out, const uint8_t *in, const s_hplan *hp, int i) {
-    const s_axis *ax = hp->ax;
-    const int32_t *k = ax->k + (size_t)i * ax->kstride;
-    const uint8_t *p = in + 3 * (size_t)ax->first[i];
-    int32_t s0 = hp->bias[4 * i], s1 = hp->bias[4 * i + 1], s2 = hp->bias[4 * i + 2];
-    for (int t = 0; t < ax->count[i]; t++) {
-        s0 += p[3 * t] * k[t];
-        s1 += p[3 * t + 1] * k[t];
-        s2 += p[3 * t + 2] * k[t];
-    }
-    out[3 * i] = s_clip8(s0);
-    out[3 * i + 1] = s_clip8(s1);
-    out[3 * i + 2] = s_clip8(s2);
-}
-
-static void s_hpass_scalar(uint8_t *out, const uint8_t *in, int w, const s_hplan *hp) {
+static void s_hpass_scalar(uint8_t *out, const uint8_t *in, int w, const ms_image_hplan *hp) {
     (void)w;
-    for (int i = 0; i < hp->ax->n; i++) s_hpass_px(out, in, hp, i);
+    for (int i = 0; i < hp->ax->n; i++) ms_image_hpass_px(out, in, hp, i);
 }
 
 static void s_vpass_scalar(uint8_t *out, const uint8_t *const *rows, const int32_t *k, int ntaps,
                            int nbytes) {
-    for (int x = 0; x < nbytes; x++) {
-        int32_t s = S_HALF;
-        for (int t = 0; t < ntaps; t++) s += rows[t][x] * k[t];
-        out[x] = s_clip8(s);
-    }
+    ms_image_vpass_range(out, rows, k, ntaps, 0, nbytes);
 }
 
-static const s_kernels s_kernels_scalar = {"scalar", false, s_hpass_scalar, s_vpass_scalar};
+static const s_kernels s_kernels_scalar = {"scalar", MS_IMAGE_KVEC_NONE, s_hpass_scalar,
+                                           s_vpass_scalar};
 
 #ifdef S_X86
 /* Sum = (sum p * hi) << 11 + sum p * lo, exact in int32 like Pillow's. */
 static inline __m128i s_combine(__m128i hi, __m128i lo, __m128i bias) {
-    return _mm_add_epi32(_mm_add_epi32(_mm_slli_epi32(hi, S_KSPLIT), lo), bias);
+    return _mm_add_epi32(_mm_add_epi32(_mm_slli_epi32(hi, MS_IMAGE_KSPLIT), lo), bias);
 }
 
 __attribute__((target("ssse3"))) static void s_hpass_ssse3(uint8_t *out, const uint8_t *in, int w,
-                                                            const s_hplan *hp) {
+                                                            const ms_image_hplan *hp) {
     /* Taps t, t+1 (bytes 0..5) and t+2, t+3 (bytes 6..11) as int16
      * {R_t, R_t+1, G_t, G_t+1, B_t, B_t+1, 0, 0}. */
     const __m128i sh0 = _mm_setr_epi8(0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1, -1, -1, -1, -1);
     const __m128i sh1 = _mm_setr_epi8(6, -1, 9, -1, 7, -1, 10, -1, 8, -1, 11, -1, -1, -1, -1, -1);
-    const s_axis *ax = hp->ax;
+    const ms_image_axis *ax = hp->ax;
     const __m128i *kv0 = hp->kvec;
     for (int i = 0; i < ax->n; i++) {
         int first = ax->first[i], ng = (ax->count[i] + 3) >> 2;
         /* The last 16-byte load must stay inside the row. */
         if (ng > 0 && 3 * (first + 4 * (ng - 1)) + 16 > 3 * w) {
-            s_hpass_px(out, in, hp, i);
+            ms_image_hpass_px(out, in, hp, i);
             continue;
         }
         const __m128i *kv = kv0 + (size_t)i * ax->kstride;
@@ -641,9 +604,9 @@ __attribute__((target("ssse3"))) static void s_hpass_ssse3(uint8_t *out, const u
             lo = _mm_add_epi32(lo, _mm_madd_epi16(b, kv[3]));
         }
         __m128i s = s_combine(hi, lo, _mm_load_si128((const __m128i *)(hp->bias + 4 * i)));
-        s = _mm_srai_epi32(s, S_PREC);
+        s = _mm_srai_epi32(s, MS_IMAGE_PREC);
         s = _mm_packs_epi32(s, s);
-        s = _mm_packus_epi16(s, s); /* = s_clip8 on each lane */
+        s = _mm_packus_epi16(s, s); /* = ms_image_clip8 on each lane */
         uint32_t px = (uint32_t)_mm_cvtsi128_si32(s);
         out[3 * i] = (uint8_t)px;
         out[3 * i + 1] = (uint8_t)(px >> 8);
@@ -663,10 +626,10 @@ static void s_vpass_sse2(uint8_t *out, const uint8_t *const *rows, const int32_t
     __m128i kp[2 * S_VPAIRS_MAX];
     for (int p = 0; p < npairs; p++) {
         int32_t k0 = k[2 * p], k1 = 2 * p + 1 < ntaps ? k[2 * p + 1] : 0;
-        kp[2 * p] = _mm_set1_epi32((int)s_pair16(k0 >> S_KSPLIT, k1 >> S_KSPLIT));
-        kp[2 * p + 1] = _mm_set1_epi32((int)s_pair16(k0 & S_KLO, k1 & S_KLO));
+        kp[2 * p] = _mm_set1_epi32((int)s_pair16(k0 >> MS_IMAGE_KSPLIT, k1 >> MS_IMAGE_KSPLIT));
+        kp[2 * p + 1] = _mm_set1_epi32((int)s_pair16(k0 & MS_IMAGE_KLO, k1 & MS_IMAGE_KLO));
     }
-    const __m128i zero = _mm_setzero_si128(), half = _mm_set1_epi32(S_HALF);
+    const __m128i zero = _mm_setzero_si128(), half = _mm_set1_epi32(MS_IMAGE_HALF);
     for (int x = 0;; x += 16) {
         if (x > nbytes - 16) x = nbytes - 16; /* last block overlaps the previous one */
         __m128i h0 = zero, h1 = zero, h2 = zero, h3 = zero;
@@ -688,26 +651,32 @@ static void s_vpass_sse2(uint8_t *out, const uint8_t *const *rows, const int32_t
             h3 = _mm_add_epi32(h3, _mm_madd_epi16(q3, kh));
             l3 = _mm_add_epi32(l3, _mm_madd_epi16(q3, kl));
         }
-        __m128i s0 = _mm_srai_epi32(s_combine(h0, l0, half), S_PREC);
-        __m128i s1 = _mm_srai_epi32(s_combine(h1, l1, half), S_PREC);
-        __m128i s2 = _mm_srai_epi32(s_combine(h2, l2, half), S_PREC);
-        __m128i s3 = _mm_srai_epi32(s_combine(h3, l3, half), S_PREC);
+        __m128i s0 = _mm_srai_epi32(s_combine(h0, l0, half), MS_IMAGE_PREC);
+        __m128i s1 = _mm_srai_epi32(s_combine(h1, l1, half), MS_IMAGE_PREC);
+        __m128i s2 = _mm_srai_epi32(s_combine(h2, l2, half), MS_IMAGE_PREC);
+        __m128i s3 = _mm_srai_epi32(s_combine(h3, l3, half), MS_IMAGE_PREC);
         __m128i r = _mm_packus_epi16(_mm_packs_epi32(s0, s1), _mm_packs_epi32(s2, s3));
         _mm_storeu_si128((__m128i *)(out + x), r);
         if (x == nbytes - 16) break;
     }
 }
 
-static const s_kernels s_kernels_x86 = {"ssse3", true, s_hpass_ssse3, s_vpass_sse2};
+static const s_kernels s_kernels_ssse3 = {"ssse3", MS_IMAGE_KVEC_SSSE3, s_hpass_ssse3,
+                                          s_vpass_sse2};
+static const s_kernels s_kernels_avx2 = {"avx2", MS_IMAGE_KVEC_AVX2, ms_image_hpass_avx2,
+                                         ms_image_vpass_avx2};
 #endif
 
-/* The kernels for this CPU; MS_IMAGE_NO_SIMD=1 in the environment forces the
- * scalar ones (tests compare the two). */
+/* The best kernels for this CPU. MS_IMAGE_SIMD in the environment caps the
+ * choice (scalar, ssse3, avx2), so tests can compare them; all give the
+ * same bytes. */
 static const s_kernels *s_pick_kernels(void) {
-    const char *e = getenv("MS_IMAGE_NO_SIMD");
-    if (e && *e && strcmp(e, "0") != 0) return &s_kernels_scalar;
+    const char *cap = getenv("MS_IMAGE_SIMD");
+    if (cap && !strcmp(cap, "scalar")) return &s_kernels_scalar;
 #ifdef S_X86
-    if (__builtin_cpu_supports("ssse3")) return &s_kernels_x86;
+    bool avx2_ok = !cap || !*cap || !strcmp(cap, "avx2");
+    if (avx2_ok && __builtin_cpu_supports("avx2")) return &s_kernels_avx2;
+    if (__builtin_cpu_supports("ssse3")) return &s_kernels_ssse3;
 #endif
     return &s_kernels_scalar;
 }
@@ -751,7 +720,7 @@ static bool s_vertical_first(int in_w, int in_h, int out_w, int out_h) {
 
 /* Horizontal pass first: source rows go through it once, into a ring buffer
  * as tall as the vertical filter, in the order the vertical pass needs them. */
-static void s_run_hfirst(const s_view *v, const s_axis *vy, const s_hplan *hp,
+static void s_run_hfirst(const s_view *v, const ms_image_axis *vy, const ms_image_hplan *hp,
                          const s_kernels *kr, const s_sink *sk) {
     int nx = hp->ax->n, ny = vy->n;
     size_t rb = (size_t)nx * 3; /* bytes of one resized row */
@@ -800,7 +769,7 @@ static void s_run_hfirst(const s_view *v, const s_axis *vy, const s_hplan *hp,
 /* Vertical pass first (no padding: only a square canvas is padded, and a
  * square-to-square resize never takes this path): each output row is the
  * vertical pass over full source rows, then the horizontal pass. */
-static void s_run_vfirst(const s_view *v, const s_axis *vy, const s_hplan *hp,
+static void s_run_vfirst(const s_view *v, const ms_image_axis *vy, const ms_image_hplan *hp,
                          const s_kernels *kr, const s_sink *sk) {
     assert(v->w == v->vw && v->h == v->vh);
     int nx = hp->ax->n, ny = vy->n;
@@ -825,11 +794,11 @@ static void s_run_vfirst(const s_view *v, const s_axis *vy, const s_hplan *hp,
 static void s_resize_view(const s_view *v, int out_w, int out_h, int ox0, int oy0, int nx, int ny,
                           const s_sink *sk) {
     const s_kernels *kr = s_pick_kernels();
-    s_axis hx, vy;
+    ms_image_axis hx, vy;
     s_axis_init(&hx, v->vw, out_w, ox0, nx, v->x0, v->w);
     s_axis_init(&vy, v->vh, out_h, oy0, ny, v->y0, v->h);
-    s_hplan hp;
-    s_hplan_init(&hp, &hx, v->pad, kr->kvec);
+    ms_image_hplan hp;
+    s_hplan_init(&hp, &hx, v->pad, kr->layout);
     if (s_vertical_first(v->vw, v->vh, out_w, out_h))
         s_run_vfirst(v, &vy, &hp, kr, sk);
     else

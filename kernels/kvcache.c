@@ -13,22 +13,26 @@
 /* ---- little-endian helpers (the blob format is little-endian) ------------- */
 
 static void s_put_u32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
 }
 
 static void s_put_u64(uint8_t *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
 }
 
 static uint32_t s_get_u32(const uint8_t *p) {
     uint32_t v = 0;
-    for (int i = 0; i < 4; i++) v |= (uint32_t)p[i] << (8 * i);
+    for (int i = 0; i < 4; i++)
+        v |= (uint32_t)p[i] << (8 * i);
     return v;
 }
 
 static uint64_t s_get_u64(const uint8_t *p) {
     uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
+    for (int i = 0; i < 8; i++)
+        v |= (uint64_t)p[i] << (8 * i);
     return v;
 }
 
@@ -39,8 +43,8 @@ size_t ms_kvcache_bytes(int n_layer, int row_dim, int block_size, int n_blocks) 
            sizeof(float);
 }
 
-ms_kvcache *ms_kvcache_new(ms_backend *be, int n_layer, int row_dim, int block_size,
-                           int n_blocks, char *err, size_t err_size) {
+ms_kvcache *ms_kvcache_new(ms_backend *be, int n_layer, int row_dim, int block_size, int n_blocks,
+                           char *err, size_t err_size) {
     if (n_layer < 1 || n_layer > MS_KV_MAX_LAYERS || row_dim < 1 || row_dim > MS_KV_MAX_ROW_DIM) {
         ms_errf(err, err_size, "KV cache: bad dimensions (n_layer %d, row_dim %d)", n_layer,
                 row_dim);
@@ -70,15 +74,15 @@ ms_kvcache *ms_kvcache_new(ms_backend *be, int n_layer, int row_dim, int block_s
         kv->v[l] = be->ops->alloc(be, pool);
         if (!kv->k[l] || !kv->v[l]) {
             ms_errf(err, err_size, "KV cache: cannot allocate %zu bytes (%d blocks of %d tokens)",
-                    ms_kvcache_bytes(n_layer, row_dim, block_size, n_blocks), n_blocks,
-                    block_size);
+                    ms_kvcache_bytes(n_layer, row_dim, block_size, n_blocks), n_blocks, block_size);
             ms_kvcache_destroy(&kv);
             return NULL;
         }
     }
     kv->free_ids = ms_xmalloc((size_t)n_blocks * sizeof *kv->free_ids);
     /* A stack: popping gives blocks 0, 1, 2, ... on a fresh cache. */
-    for (int i = 0; i < n_blocks; i++) kv->free_ids[i] = n_blocks - 1 - i;
+    for (int i = 0; i < n_blocks; i++)
+        kv->free_ids[i] = n_blocks - 1 - i;
     kv->n_free = n_blocks;
     return kv;
 }
@@ -134,7 +138,8 @@ static void s_take(ms_kvcache *kv, ms_seq *s, int need) {
         s->blocks = ms_xrealloc(s->blocks, (size_t)cap * sizeof *s->blocks);
         s->cap_blocks = cap;
     }
-    for (int i = 0; i < need; i++) s->blocks[s->n_blocks++] = kv->free_ids[--kv->n_free];
+    for (int i = 0; i < need; i++)
+        s->blocks[s->n_blocks++] = kv->free_ids[--kv->n_free];
 }
 
 int ms_kvcache_seq_reserve(ms_kvcache *kv, ms_seq *s, int n_new, char *err, size_t err_size) {
@@ -161,9 +166,10 @@ int ms_kvcache_reserve_many(ms_kvcache *kv, ms_seq *const *seqs, const int *n_ne
         need += s_need(kv, seqs[i], n_new[i]);
     }
     if (need > kv->n_free)
-        return ms_errf(err, err_size, "KV cache full: need %lld blocks, %d free",
-                       (long long)need, kv->n_free);
-    for (int i = 0; i < n_seqs; i++) s_take(kv, seqs[i], s_need(kv, seqs[i], n_new[i]));
+        return ms_errf(err, err_size, "KV cache full: need %lld blocks, %d free", (long long)need,
+                       kv->n_free);
+    for (int i = 0; i < n_seqs; i++)
+        s_take(kv, seqs[i], s_need(kv, seqs[i], n_new[i]));
     return 0;
 }
 
@@ -233,7 +239,8 @@ int ms_kvcache_export(const ms_kvcache *kv, const ms_seq *s, uint64_t model_hash
     const int n = s->n_past;
     const size_t layer_bytes = (size_t)n * (size_t)kv->row_dim * sizeof(float);
     uint8_t *q = p + MS_KV_HEADER_SIZE;
-    for (int i = 0; i < n; i++) s_put_u32(q + 4 * (size_t)i, (uint32_t)s->tokens[i]);
+    for (int i = 0; i < n; i++)
+        s_put_u32(q + 4 * (size_t)i, (uint32_t)s->tokens[i]);
     q += 4 * (size_t)n;
     for (int l = 0; l < kv->n_layer; l++) {
         s_pool_to_host(kv, s, kv->k[l], n, q);
@@ -259,8 +266,9 @@ int ms_kvcache_import(ms_kvcache *kv, ms_seq *s, uint64_t model_hash, int max_to
     assert(s->n_past == 0 && s->n_blocks == 0);
     const uint8_t *p = buf;
     if (!p || len < MS_KV_HEADER_SIZE)
-        return ms_errf(err, err_size, "KV import: blob of %zu bytes is shorter than the %d-byte header",
-                       len, MS_KV_HEADER_SIZE);
+        return ms_errf(err, err_size,
+                       "KV import: blob of %zu bytes is shorter than the %d-byte header", len,
+                       MS_KV_HEADER_SIZE);
     uint32_t magic = s_get_u32(p), version = s_get_u32(p + 4);
     uint64_t hash = s_get_u64(p + 8);
     uint32_t n_layer = s_get_u32(p + 16), row_dim = s_get_u32(p + 20);
@@ -299,8 +307,8 @@ int ms_kvcache_import(ms_kvcache *kv, ms_seq *s, uint64_t model_hash, int max_to
         if (hist[i] != MS_SEQ_TOKEN_EMBD && (hist[i] < 0 || hist[i] >= n_vocab)) {
             int32_t bad = hist[i];
             free(hist);
-            return ms_errf(err, err_size, "KV import: history entry %d is %d, outside the vocab",
-                           i, (int)bad);
+            return ms_errf(err, err_size, "KV import: history entry %d is %d, outside the vocab", i,
+                           (int)bad);
         }
     }
     if (ms_kvcache_seq_reserve(kv, s, n, err, err_size) != 0) {

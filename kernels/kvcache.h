@@ -48,13 +48,13 @@
 /* One sequence's view of the cache. Fields are read-only for callers; the
  * cache and the engine change them. */
 typedef struct ms_seq {
-    uint64_t id;      /* unique within the engine that made it */
-    int n_past;       /* tokens already in the cache (= next position) */
-    int n_blocks;     /* entries used in blocks */
-    int cap_blocks;   /* entries allocated in blocks */
-    int32_t *blocks;  /* block table: block ids, n_blocks of them, owned */
-    int32_t *tokens;  /* history, n_past entries: token ids or MS_SEQ_TOKEN_EMBD, owned */
-    int cap_tokens;   /* entries allocated in tokens */
+    uint64_t id;     /* unique within the engine that made it */
+    int n_past;      /* tokens already in the cache (= next position) */
+    int n_blocks;    /* entries used in blocks */
+    int cap_blocks;  /* entries allocated in blocks */
+    int32_t *blocks; /* block table: block ids, n_blocks of them, owned */
+    int32_t *tokens; /* history, n_past entries: token ids or MS_SEQ_TOKEN_EMBD, owned */
+    int cap_tokens;  /* entries allocated in tokens */
 } ms_seq;
 
 typedef struct ms_kvcache {
@@ -71,8 +71,8 @@ typedef struct ms_kvcache {
 
 /* Allocates the pools: n_blocks blocks of block_size rows. NULL + err when the
  * arguments are out of range or the backend cannot allocate. */
-ms_kvcache *ms_kvcache_new(ms_backend *be, int n_layer, int row_dim, int block_size,
-                           int n_blocks, char *err, size_t err_size);
+ms_kvcache *ms_kvcache_new(ms_backend *be, int n_layer, int row_dim, int block_size, int n_blocks,
+                           char *err, size_t err_size);
 void ms_kvcache_destroy(ms_kvcache **kv_p);
 
 /* Bytes the pools of a cache with these dimensions take. */

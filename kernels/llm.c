@@ -15,23 +15,23 @@
 #define MS_LLM_OUT_CHUNK 32 /* rows per output-matmul pass (bounds the logits scratch) */
 
 struct ms_llm {
-    const ms_lm *lm;   /* not owned */
-    ms_backend *be;    /* not owned */
-    int max_rows;      /* rows per pass at most */
+    const ms_lm *lm; /* not owned */
+    ms_backend *be;  /* not owned */
+    int max_rows;    /* rows per pass at most */
     /* backend scratch */
-    float *x;          /* (max_rows, E) residual stream */
-    float *xn;         /* (max_rows, E) normed input / block output */
-    float *q;          /* (max_rows, Q) */
-    float *k;          /* (max_rows, D) */
-    float *v;          /* (max_rows, D) */
-    float *att;        /* (max_rows, Q) attention output */
-    float *gate;       /* (max_rows, F) */
-    float *up;         /* (max_rows, F) */
-    float *out_x;      /* (MS_LLM_OUT_CHUNK, E) rows whose logits are wanted */
-    float *logits;     /* (MS_LLM_OUT_CHUNK, n_vocab) */
+    float *x;      /* (max_rows, E) residual stream */
+    float *xn;     /* (max_rows, E) normed input / block output */
+    float *q;      /* (max_rows, Q) */
+    float *k;      /* (max_rows, D) */
+    float *v;      /* (max_rows, D) */
+    float *att;    /* (max_rows, Q) attention output */
+    float *gate;   /* (max_rows, F) */
+    float *up;     /* (max_rows, F) */
+    float *out_x;  /* (MS_LLM_OUT_CHUNK, E) rows whose logits are wanted */
+    float *logits; /* (MS_LLM_OUT_CHUNK, n_vocab) */
     /* host scratch */
-    int32_t *pos;      /* (max_rows) positions */
-    int32_t *rows;     /* (max_rows) cache rows */
+    int32_t *pos;  /* (max_rows) positions */
+    int32_t *rows; /* (max_rows) cache rows */
 };
 
 static float *s_alloc(ms_backend *be, size_t n_floats, bool *ok) {
@@ -40,7 +40,9 @@ static float *s_alloc(ms_backend *be, size_t n_floats, bool *ok) {
     return p;
 }
 
-static const float *s_w(const ms_tensor *t) { return (const float *)ms_weight_data(t); }
+static const float *s_w(const ms_tensor *t) {
+    return (const float *)ms_weight_data(t);
+}
 
 ms_llm *ms_llm_new(const ms_lm *lm, ms_backend *be, int max_rows, char *err, size_t err_size) {
     if (max_rows < 1) {
@@ -88,7 +90,9 @@ void ms_llm_destroy(ms_llm **l_p) {
     free(l);
 }
 
-int ms_llm_max_rows(const ms_llm *l) { return l->max_rows; }
+int ms_llm_max_rows(const ms_llm *l) {
+    return l->max_rows;
+}
 
 /* x = the input rows: runs of token ids through get_rows, runs of embedding
  * rows uploaded from the host. */
@@ -99,7 +103,8 @@ static void s_input(ms_llm *l, const ms_llm_batch *b) {
     for (int r = 0; r < b->n_rows;) {
         int end = r;
         if (b->tokens[r] == MS_LLM_ROW_EMBD) {
-            while (end < b->n_rows && b->tokens[end] == MS_LLM_ROW_EMBD) end++;
+            while (end < b->n_rows && b->tokens[end] == MS_LLM_ROW_EMBD)
+                end++;
             assert(b->embd);
             be->ops->to_device(be, l->x + (size_t)r * E, b->embd + (size_t)e_next * E,
                                (size_t)(end - r) * E * sizeof(float));
@@ -200,13 +205,17 @@ void ms_llm_forward(ms_llm *l, ms_kvcache *kv, const ms_llm_batch *b, float *log
         const ms_seq *seq = b->seqs[s];
         const int cnt = b->seg_rows[s];
         assert(cnt >= 1);
-        for (int i = 0; i < cnt; i++) l->pos[r0 + i] = seq->n_past + i;
+        for (int i = 0; i < cnt; i++)
+            l->pos[r0 + i] = seq->n_past + i;
         ms_kvcache_seq_rows(kv, seq, cnt, l->rows + r0);
         r0 += cnt;
     }
     assert(r0 == b->n_rows);
     s_input(l, b);
-    for (int il = 0; il < l->lm->hp.n_layer; il++) s_layer(l, kv, b, il);
-    if (b->n_out > 0) s_output(l, b, logits);
-    else if (l->be->ops->synchronize) l->be->ops->synchronize(l->be);
+    for (int il = 0; il < l->lm->hp.n_layer; il++)
+        s_layer(l, kv, b, il);
+    if (b->n_out > 0)
+        s_output(l, b, logits);
+    else if (l->be->ops->synchronize)
+        l->be->ops->synchronize(l->be);
 }

@@ -22,13 +22,13 @@
 #define MS_LLM_ROW_EMBD (-1) /* batch token entry: take the next row of embd */
 
 typedef struct ms_llm_batch {
-    int n_rows;            /* rows in the pass (<= max_rows of the ms_llm) */
-    const int32_t *tokens; /* n_rows: token ids, or MS_LLM_ROW_EMBD */
-    const float *embd;     /* host, one n_embd row per MS_LLM_ROW_EMBD entry, in order; or NULL */
-    int n_segs;            /* segments */
-    ms_seq *const *seqs;   /* n_segs sequences, each once */
-    const int *seg_rows;   /* n_segs row counts, summing to n_rows */
-    int n_out;             /* rows whose logits are wanted */
+    int n_rows;              /* rows in the pass (<= max_rows of the ms_llm) */
+    const int32_t *tokens;   /* n_rows: token ids, or MS_LLM_ROW_EMBD */
+    const float *embd;       /* host, one n_embd row per MS_LLM_ROW_EMBD entry, in order; or NULL */
+    int n_segs;              /* segments */
+    ms_seq *const *seqs;     /* n_segs sequences, each once */
+    const int *seg_rows;     /* n_segs row counts, summing to n_rows */
+    int n_out;               /* rows whose logits are wanted */
     const int32_t *out_rows; /* n_out row indices (ascending not required) */
 } ms_llm_batch;
 

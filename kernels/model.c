@@ -17,8 +17,8 @@
 
 #include "ms_common.h"
 
-#define S_KEY_MAX  128 /* longest key or tensor name we build */
-#define S_MASK_F32 (1ull << MS_TYPE_F32)
+#define S_KEY_MAX   128 /* longest key or tensor name we build */
+#define S_MASK_F32  (1ull << MS_TYPE_F32)
 #define S_MASK_CONV ((1ull << MS_TYPE_F32) | (1ull << MS_TYPE_F16) | (1ull << MS_TYPE_BF16))
 
 /* Every type the engine computes with: accepted for 2-D weights. */
@@ -118,8 +118,8 @@ static int s_lm_hparams(ms_lm *lm, char *err, size_t err_size) {
     hp->rope_neox = hp->arch == MS_ARCH_QWEN2;
 
 #define S_KEY(suffix) (snprintf(key, sizeof key, "%s.%s", arch, suffix), key)
-    if (s_count(g, S_KEY("context_length"), 1, MS_MODEL_MAX_CTX, &hp->n_ctx_train, err,
-                err_size) != 0 ||
+    if (s_count(g, S_KEY("context_length"), 1, MS_MODEL_MAX_CTX, &hp->n_ctx_train, err, err_size) !=
+            0 ||
         s_count(g, S_KEY("embedding_length"), 1, MS_MODEL_MAX_EMBD, &hp->n_embd, err, err_size) !=
             0 ||
         s_count(g, S_KEY("block_count"), 1, MS_MODEL_MAX_LAYERS, &hp->n_layer, err, err_size) !=
@@ -130,25 +130,31 @@ static int s_lm_hparams(ms_lm *lm, char *err, size_t err_size) {
                 err_size) != 0)
         return -1;
     if (hp->n_embd % hp->n_head != 0)
-        return ms_errf(err, err_size, "%s.attention.head_count = %d does not divide "
-                       "%s.embedding_length = %d", arch, hp->n_head, arch, hp->n_embd);
+        return ms_errf(err, err_size,
+                       "%s.attention.head_count = %d does not divide "
+                       "%s.embedding_length = %d",
+                       arch, hp->n_head, arch, hp->n_embd);
     hp->head_dim = hp->n_embd / hp->n_head;
     if (s_count_opt(g, S_KEY("attention.head_count_kv"), 1, MS_MODEL_MAX_HEADS, hp->n_head,
                     &hp->n_head_kv, err, err_size) != 0)
         return -1;
     if (hp->n_head % hp->n_head_kv != 0)
-        return ms_errf(err, err_size, "%s.attention.head_count_kv = %d does not divide "
-                       "%s.attention.head_count = %d", arch, hp->n_head_kv, arch, hp->n_head);
+        return ms_errf(err, err_size,
+                       "%s.attention.head_count_kv = %d does not divide "
+                       "%s.attention.head_count = %d",
+                       arch, hp->n_head_kv, arch, hp->n_head);
     if (s_count_opt(g, S_KEY("rope.dimension_count"), 1, MS_MODEL_MAX_EMBD, hp->head_dim,
                     &hp->n_rot, err, err_size) != 0)
         return -1;
     if (hp->n_rot % 2 != 0 || hp->n_rot > hp->head_dim)
-        return ms_errf(err, err_size, "%s.rope.dimension_count = %d must be even and at most "
-                       "the head size %d", arch, hp->n_rot, hp->head_dim);
+        return ms_errf(err, err_size,
+                       "%s.rope.dimension_count = %d must be even and at most "
+                       "the head size %d",
+                       arch, hp->n_rot, hp->head_dim);
     if (s_float(g, S_KEY("attention.layer_norm_rms_epsilon"), 1.0f, -1.0f, &hp->rms_eps, err,
                 err_size) != 0 ||
-        s_float(g, S_KEY("rope.freq_base"), 1e12f, 10000.0f, &hp->rope_freq_base, err,
-                err_size) != 0)
+        s_float(g, S_KEY("rope.freq_base"), 1e12f, 10000.0f, &hp->rope_freq_base, err, err_size) !=
+            0)
         return -1;
 #undef S_KEY
     return 0;
@@ -158,7 +164,8 @@ static int s_lm_tensors(ms_lm *lm, char *err, size_t err_size) {
     ms_gguf *g = lm->file;
     ms_lm_hparams *hp = &lm->hp;
     const int64_t E = hp->n_embd, F = hp->n_ff;
-    const int64_t Q = (int64_t)hp->n_head * hp->head_dim, KV = (int64_t)hp->n_head_kv * hp->head_dim;
+    const int64_t Q = (int64_t)hp->n_head * hp->head_dim,
+                  KV = (int64_t)hp->n_head_kv * hp->head_dim;
 
     ms_tensor *te = ms_gguf_find_tensor(g, "token_embd.weight");
     if (!te) return ms_errf(err, err_size, "missing tensor 'token_embd.weight'");
@@ -208,8 +215,10 @@ static int s_lm_load(ms_lm *lm, const char *name, char *err, size_t err_size) {
     if (!(lm->tok = ms_tokenizer_from_gguf(g, err, err_size))) return -1;
     int32_t n_tok = ms_tokenizer_n_vocab(lm->tok);
     if (n_tok != lm->hp.n_vocab)
-        return ms_errf(err, err_size, "token_embd.weight has %d rows but the vocabulary has %d "
-                       "tokens", lm->hp.n_vocab, n_tok);
+        return ms_errf(err, err_size,
+                       "token_embd.weight has %d rows but the vocabulary has %d "
+                       "tokens",
+                       lm->hp.n_vocab, n_tok);
 
     lm->chat_template = NULL;
     if (ms_gguf_find_key(g, "tokenizer.chat_template") >= 0 &&
@@ -264,14 +273,14 @@ static int s_float3(const ms_gguf *g, const char *key, bool positive, float out[
     int64_t idx;
     uint64_t n;
     if (ms_gguf_get_arr(g, key, MS_GGUF_FLOAT32, &idx, &n, err, err_size) != 0) return -1;
-    if (n != 3) return ms_errf(err, err_size, "key '%s' has %llu values, expected 3", key,
-                               (unsigned long long)n);
+    if (n != 3)
+        return ms_errf(err, err_size, "key '%s' has %llu values, expected 3", key,
+                       (unsigned long long)n);
     const uint8_t *p = ms_gguf_arr_data(g, idx);
     for (int i = 0; i < 3; i++) {
         memcpy(&out[i], p + 4 * i, 4);
         if (!isfinite(out[i]) || (positive && !(out[i] > 0.0f)))
-            return ms_errf(err, err_size, "key '%s' has an invalid value %g", key,
-                           (double)out[i]);
+            return ms_errf(err, err_size, "key '%s' has an invalid value %g", key, (double)out[i]);
     }
     return 0;
 }
@@ -282,19 +291,22 @@ static int s_vit_layers_run(const ms_gguf *g, ms_vit_hparams *hp, char *err, siz
     int64_t idx = ms_gguf_find_key(g, key);
     if (idx < 0) {
         if (hp->n_layer_file < 2)
-            return ms_errf(err, err_size, "clip.vision.block_count = %d: a llava-style mlp "
+            return ms_errf(err, err_size,
+                           "clip.vision.block_count = %d: a llava-style mlp "
                            "projector uses the output of block_count - 1 blocks, so at least 2 "
-                           "are needed", hp->n_layer_file);
+                           "are needed",
+                           hp->n_layer_file);
         hp->n_layer = hp->n_layer_file - 1;
         return 0;
     }
     ms_gguf_type et = ms_gguf_arr_type(g, idx);
-    if (ms_gguf_kv_type(g, idx) != MS_GGUF_ARRAY ||
-        (et != MS_GGUF_INT32 && et != MS_GGUF_UINT32))
+    if (ms_gguf_kv_type(g, idx) != MS_GGUF_ARRAY || (et != MS_GGUF_INT32 && et != MS_GGUF_UINT32))
         return ms_errf(err, err_size, "key '%s' must be an array of int32", key);
     if (ms_gguf_arr_n(g, idx) != 1)
-        return ms_errf(err, err_size, "key '%s' lists %llu layers: only one feature layer is "
-                       "supported", key, (unsigned long long)ms_gguf_arr_n(g, idx));
+        return ms_errf(err, err_size,
+                       "key '%s' lists %llu layers: only one feature layer is "
+                       "supported",
+                       key, (unsigned long long)ms_gguf_arr_n(g, idx));
     int32_t f;
     memcpy(&f, ms_gguf_arr_data(g, idx), 4);
     if (f < 1 || f > hp->n_layer_file)
@@ -311,25 +323,27 @@ static int s_vit_hparams(ms_vit *vit, char *err, size_t err_size) {
 
     if (ms_gguf_get_str(g, "general.architecture", &s, err, err_size) != 0) return -1;
     if (strcmp(s, "clip") != 0)
-        return ms_errf(err, err_size, "unsupported architecture '%.64s' for an mmproj "
-                       "(expected clip)", s);
+        return ms_errf(err, err_size,
+                       "unsupported architecture '%.64s' for an mmproj "
+                       "(expected clip)",
+                       s);
     bool has_vision = true;
-    if (s_bool_opt(g, "clip.has_vision_encoder", true, &has_vision, err, err_size) != 0)
-        return -1;
+    if (s_bool_opt(g, "clip.has_vision_encoder", true, &has_vision, err, err_size) != 0) return -1;
     if (!has_vision) return ms_errf(err, err_size, "clip.has_vision_encoder is false");
 
     /* projector: clip.projector_type, else clip.vision.projector_type, else mlp */
     const char *proj = "mlp";
-    const char *pkey = ms_gguf_find_key(g, "clip.projector_type") >= 0
-                           ? "clip.projector_type"
-                           : (ms_gguf_find_key(g, "clip.vision.projector_type") >= 0
-                                  ? "clip.vision.projector_type"
-                                  : NULL);
+    const char *pkey =
+        ms_gguf_find_key(g, "clip.projector_type") >= 0
+            ? "clip.projector_type"
+            : (ms_gguf_find_key(g, "clip.vision.projector_type") >= 0 ? "clip.vision.projector_type"
+                                                                      : NULL);
     if (pkey && ms_gguf_get_str(g, pkey, &proj, err, err_size) != 0) return -1;
     if (strcmp(proj, "mlp") != 0)
         return ms_errf(err, err_size, "unsupported projector type '%.64s' (expected mlp)", proj);
     if (ms_gguf_find_key(g, "clip.vision.image_grid_pinpoints") >= 0)
-        return ms_errf(err, err_size, "clip.vision.image_grid_pinpoints (LLaVA-1.6 any-resolution "
+        return ms_errf(err, err_size,
+                       "clip.vision.image_grid_pinpoints (LLaVA-1.6 any-resolution "
                        "tiling) is not supported");
 
     if (s_count(g, "clip.vision.image_size", 1, MS_MODEL_MAX_IMAGE, &hp->image_size, err,
@@ -350,11 +364,15 @@ static int s_vit_hparams(ms_vit *vit, char *err, size_t err_size) {
                 err_size) != 0)
         return -1;
     if (hp->image_size % hp->patch_size != 0)
-        return ms_errf(err, err_size, "clip.vision.patch_size = %d does not divide "
-                       "clip.vision.image_size = %d", hp->patch_size, hp->image_size);
+        return ms_errf(err, err_size,
+                       "clip.vision.patch_size = %d does not divide "
+                       "clip.vision.image_size = %d",
+                       hp->patch_size, hp->image_size);
     if (hp->n_embd % hp->n_head != 0)
-        return ms_errf(err, err_size, "clip.vision.attention.head_count = %d does not divide "
-                       "clip.vision.embedding_length = %d", hp->n_head, hp->n_embd);
+        return ms_errf(err, err_size,
+                       "clip.vision.attention.head_count = %d does not divide "
+                       "clip.vision.embedding_length = %d",
+                       hp->n_head, hp->n_embd);
     if (s_vit_layers_run(g, hp, err, err_size) != 0) return -1;
     if (s_float(g, "clip.vision.attention.layer_norm_epsilon", 1.0f, -1.0f, &hp->eps, err,
                 err_size) != 0 ||
@@ -367,7 +385,8 @@ static int s_vit_hparams(ms_vit *vit, char *err, size_t err_size) {
         s_bool_opt(g, "clip.use_silu", false, &use_silu, err, err_size) != 0)
         return -1;
     if (use_silu)
-        return ms_errf(err, err_size, "clip.use_silu is set: SiLU vision encoders are not "
+        return ms_errf(err, err_size,
+                       "clip.use_silu is set: SiLU vision encoders are not "
                        "supported (GELU or quick GELU)");
 
     const int side = hp->image_size / hp->patch_size;
@@ -409,8 +428,7 @@ static int s_vit_norm(ms_gguf *g, const char *prefix, int64_t n, bool required, 
     snprintf(bn, sizeof bn, "%s.bias", prefix);
     *w = *b = NULL;
     if (!required && !ms_gguf_find_tensor(g, wn) && !ms_gguf_find_tensor(g, bn)) return 0;
-    if (!(*w = s_vec(g, wn, n, err, err_size)) || !(*b = s_vec(g, bn, n, err, err_size)))
-        return -1;
+    if (!(*w = s_vec(g, wn, n, err, err_size)) || !(*b = s_vec(g, bn, n, err, err_size))) return -1;
     return 0;
 }
 
@@ -420,19 +438,20 @@ static int s_vit_tensors(ms_vit *vit, char *err, size_t err_size) {
     const int64_t E = hp->n_embd, p = hp->patch_size;
 
     const int64_t pne[4] = {p, p, 3, E};
-    if (!(vit->patch_w = ms_gguf_expect_tensor(g, "v.patch_embd.weight", 4, pne, S_MASK_CONV, err,
-                                               err_size)))
+    if (!(vit->patch_w =
+              ms_gguf_expect_tensor(g, "v.patch_embd.weight", 4, pne, S_MASK_CONV, err, err_size)))
         return -1;
     if (ms_gguf_find_tensor(g, "v.patch_embd.weight.1"))
-        return ms_errf(err, err_size, "tensor 'v.patch_embd.weight.1' (a second patch "
+        return ms_errf(err, err_size,
+                       "tensor 'v.patch_embd.weight.1' (a second patch "
                        "embedding, Qwen2-VL style) is not supported");
     if (s_vec_opt(g, "v.patch_embd.bias", E, &vit->patch_b, err, err_size) != 0 ||
         s_vec_opt(g, "v.class_embd", E, &vit->class_embd, err, err_size) != 0)
         return -1;
     hp->has_class = vit->class_embd != NULL;
     const int64_t posne[2] = {E, hp->n_patches + (hp->has_class ? 1 : 0)};
-    if (!(vit->pos_embd = ms_gguf_expect_tensor(g, "v.position_embd.weight", 2, posne,
-                                                S_MASK_CONV, err, err_size)))
+    if (!(vit->pos_embd = ms_gguf_expect_tensor(g, "v.position_embd.weight", 2, posne, S_MASK_CONV,
+                                                err, err_size)))
         return -1;
     if (s_vit_norm(g, "v.pre_ln", E, false, &vit->pre_ln_w, &vit->pre_ln_b, err, err_size) != 0 ||
         s_vit_norm(g, "v.post_ln", E, false, &vit->post_ln_w, &vit->post_ln_b, err, err_size) != 0)
@@ -469,7 +488,8 @@ static int s_vit_tensors(ms_vit *vit, char *err, size_t err_size) {
         return ms_errf(err, err_size, "tensor 'mm.0.weight' must be 2-D with 1 to %d rows",
                        MS_MODEL_MAX_EMBD);
     if (ms_gguf_find_tensor(g, "mm.3.weight"))
-        return ms_errf(err, err_size, "tensor 'mm.3.weight' (an mlp projector with norms, "
+        return ms_errf(err, err_size,
+                       "tensor 'mm.3.weight' (an mlp projector with norms, "
                        "Yi-VL style) is not supported");
     hp->proj_dim = (int)mm0->ne[1];
     const int64_t M = hp->proj_dim;

@@ -23,13 +23,13 @@ typedef enum ms_arch { MS_ARCH_LLAMA = 0, MS_ARCH_QWEN2 = 1 } ms_arch;
 
 /* Sanity limits the loader enforces on hyperparameters (values past them are
  * rejected as malformed, whatever the tensors say). */
-#define MS_MODEL_MAX_LAYERS 1024        /* blocks of either model */
-#define MS_MODEL_MAX_EMBD   65536       /* embedding width */
-#define MS_MODEL_MAX_FF     (1 << 20)   /* feed-forward width */
-#define MS_MODEL_MAX_HEADS  1024        /* attention heads */
-#define MS_MODEL_MAX_CTX    (1 << 24)   /* training context, tokens */
-#define MS_MODEL_MAX_VOCAB  (1 << 24)   /* tokens */
-#define MS_MODEL_MAX_IMAGE  4096        /* ViT input side, pixels */
+#define MS_MODEL_MAX_LAYERS 1024      /* blocks of either model */
+#define MS_MODEL_MAX_EMBD   65536     /* embedding width */
+#define MS_MODEL_MAX_FF     (1 << 20) /* feed-forward width */
+#define MS_MODEL_MAX_HEADS  1024      /* attention heads */
+#define MS_MODEL_MAX_CTX    (1 << 24) /* training context, tokens */
+#define MS_MODEL_MAX_VOCAB  (1 << 24) /* tokens */
+#define MS_MODEL_MAX_IMAGE  4096      /* ViT input side, pixels */
 
 /* ---- text model ----------------------------------------------------------- */
 typedef struct ms_lm_hparams {

@@ -106,8 +106,11 @@ int ms_modelgen_preset(const char *name, ms_modelgen_cfg *cfg, char *err, size_t
 }
 
 int ms_modelgen_parse_type(const char *s, ms_type *out, char *err, size_t err_size) {
-    static const struct { const char *name; ms_type t; } k[] = {
-        {"f32", MS_TYPE_F32}, {"f16", MS_TYPE_F16}, {"bf16", MS_TYPE_BF16},
+    static const struct {
+        const char *name;
+        ms_type t;
+    } k[] = {
+        {"f32", MS_TYPE_F32},   {"f16", MS_TYPE_F16},   {"bf16", MS_TYPE_BF16},
         {"q8_0", MS_TYPE_Q8_0}, {"q4_0", MS_TYPE_Q4_0},
     };
     for (size_t i = 0; i < MS_ARRAY_LEN(k); i++)
@@ -117,11 +120,16 @@ int ms_modelgen_parse_type(const char *s, ms_type *out, char *err, size_t err_si
 
 static uint32_t s_ftype(ms_type t) {
     switch (t) {
-    case MS_TYPE_F16: return S_FTYPE_F16;
-    case MS_TYPE_BF16: return S_FTYPE_BF16;
-    case MS_TYPE_Q8_0: return S_FTYPE_Q8_0;
-    case MS_TYPE_Q4_0: return S_FTYPE_Q4_0;
-    default: return S_FTYPE_F32;
+    case MS_TYPE_F16:
+        return S_FTYPE_F16;
+    case MS_TYPE_BF16:
+        return S_FTYPE_BF16;
+    case MS_TYPE_Q8_0:
+        return S_FTYPE_Q8_0;
+    case MS_TYPE_Q4_0:
+        return S_FTYPE_Q4_0;
+    default:
+        return S_FTYPE_F32;
     }
 }
 
@@ -133,7 +141,9 @@ static uint64_t s_mix(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-static uint64_t s_next(uint64_t *state) { return s_mix(*state += 0x9e3779b97f4a7c15ULL); }
+static uint64_t s_next(uint64_t *state) {
+    return s_mix(*state += 0x9e3779b97f4a7c15ULL);
+}
 
 /* Uniform in [-1, 1) from 24 random bits: exact float arithmetic, the same everywhere. */
 static float s_unit(uint64_t *state) {
@@ -149,7 +159,8 @@ static void s_uniform_row(uint64_t tseed, int64_t row, float mean, float std, fl
                           int64_t n) {
     uint64_t st = s_mix(tseed + (uint64_t)row * 0xd1b54a32d192ed03ULL);
     const float a = std * 1.7320508f; /* sqrt(3): uniform[-a, a) has std a / sqrt(3) */
-    for (int64_t i = 0; i < n; i++) dst[i] = mean + a * s_unit(&st);
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = mean + a * s_unit(&st);
 }
 
 /* ---- the building context ---------------------------------------------------------- */
@@ -159,10 +170,10 @@ typedef struct s_gen {
     const ms_modelgen_hooks *hooks; /* or NULL */
     ms_gguf_writer *w;
     ms_modelgen_stats st;
-    float *row;        /* scratch: one f32 row */
-    int64_t row_cap;   /* floats */
-    uint8_t *buf;      /* scratch: one encoded tensor */
-    size_t buf_cap;    /* bytes */
+    float *row;      /* scratch: one f32 row */
+    int64_t row_cap; /* floats */
+    uint8_t *buf;    /* scratch: one encoded tensor */
+    size_t buf_cap;  /* bytes */
     char *err;
     size_t err_size;
 } s_gen;
@@ -173,6 +184,7 @@ typedef struct s_init {
     /* output.weight only: row v = beta * sum of token_embd rows of pred(v) + uniform noise */
     const int32_t *pred_off; /* n_vocab + 1 offsets into pred */
     const int32_t *pred;     /* predecessors, grouped by successor */
+    int64_t pred_rows;       /* rows pred_off covers (a hook may add rows) */
     uint64_t embd_seed;      /* token_embd.weight's tensor seed */
     float embd_std;          /* its std */
     float beta;              /* scale of the summed rows */
@@ -207,10 +219,11 @@ static void s_make_row(s_gen *g, const s_init *in, uint64_t tseed, int64_t r, in
                        float *tmp) {
     float *dst = g->row;
     s_uniform_row(tseed, r, in->mean, in->std, dst, n);
-    if (!in->pred) return;
+    if (!in->pred || r >= in->pred_rows) return;
     for (int32_t k = in->pred_off[r]; k < in->pred_off[r + 1]; k++) {
         s_uniform_row(in->embd_seed, in->pred[k], 0.0f, in->embd_std, tmp, n);
-        for (int64_t i = 0; i < n; i++) dst[i] += in->beta * tmp[i];
+        for (int64_t i = 0; i < n; i++)
+            dst[i] += in->beta * tmp[i];
     }
 }
 
@@ -219,7 +232,8 @@ static void s_make_row(s_gen *g, const s_init *in, uint64_t tseed, int64_t r, in
 static int s_tensor(s_gen *g, const char *name, ms_type type, int n_dims, const int64_t *ne_in,
                     const s_init *in) {
     int64_t ne[MS_MAX_DIMS] = {1, 1, 1, 1};
-    for (int d = 0; d < n_dims; d++) ne[d] = ne_in[d];
+    for (int d = 0; d < n_dims; d++)
+        ne[d] = ne_in[d];
     ms_type t = n_dims == 1 ? MS_TYPE_F32 : type;
     if (ne[0] % ms_type_block_size(t) != 0) t = MS_TYPE_F16;
     int nd = n_dims;
@@ -230,8 +244,10 @@ static int s_tensor(s_gen *g, const char *name, ms_type type, int n_dims, const 
         return ms_errf(g->err, g->err_size, "tensor '%s': %" PRId64 " does not fit type %s", name,
                        ne[0], ms_type_name(t));
     int64_t rows = 1;
-    for (int d = 1; d < nd; d++) rows *= ne[d];
-    for (int d = nd; d < MS_MAX_DIMS; d++) ne[d] = 1;
+    for (int d = 1; d < nd; d++)
+        rows *= ne[d];
+    for (int d = nd; d < MS_MAX_DIMS; d++)
+        ne[d] = 1;
     const size_t nbytes = rb * (size_t)rows;
     if (nbytes > g->buf_cap) {
         free(g->buf);
@@ -349,7 +365,8 @@ static void s_successors(const ms_vocab *v, uint64_t seed, int32_t **off_p, int3
             cand[nc++] = i;
     if (nc < 2) { /* an odd vocabulary: use every token */
         nc = 0;
-        for (int32_t i = 0; i < n; i++) cand[nc++] = i;
+        for (int32_t i = 0; i < n; i++)
+            cand[nc++] = i;
     }
     uint64_t st = s_mix(seed ^ 0x5eed5eed5eedULL);
     for (int32_t i = nc - 1; i > 0; i--) { /* Fisher-Yates */
@@ -359,17 +376,22 @@ static void s_successors(const ms_vocab *v, uint64_t seed, int32_t **off_p, int3
         cand[j] = t;
     }
     int32_t *succ = ms_xmalloc((size_t)n * sizeof *succ);
-    for (int32_t i = 0; i < n; i++) succ[i] = -1;
-    for (int32_t i = 0; i < nc; i++) succ[cand[i]] = cand[(i + 1) % nc];
+    for (int32_t i = 0; i < n; i++)
+        succ[i] = -1;
+    for (int32_t i = 0; i < nc; i++)
+        succ[cand[i]] = cand[(i + 1) % nc];
     for (int32_t i = 0; i < n; i++)
         if (succ[i] < 0) succ[i] = cand[s_next(&st) % (uint64_t)nc];
     int32_t *off = ms_xcalloc((size_t)n + 1, sizeof *off);
-    for (int32_t i = 0; i < n; i++) off[succ[i] + 1]++;
-    for (int32_t i = 0; i < n; i++) off[i + 1] += off[i];
+    for (int32_t i = 0; i < n; i++)
+        off[succ[i] + 1]++;
+    for (int32_t i = 0; i < n; i++)
+        off[i + 1] += off[i];
     int32_t *pred = ms_xmalloc((size_t)n * sizeof *pred);
     int32_t *fill = ms_xmalloc((size_t)n * sizeof *fill);
     memcpy(fill, off, (size_t)n * sizeof *fill);
-    for (int32_t i = 0; i < n; i++) pred[fill[succ[i]]++] = i;
+    for (int32_t i = 0; i < n; i++)
+        pred[fill[succ[i]]++] = i;
     free(fill);
     free(succ);
     free(cand);
@@ -379,16 +401,16 @@ static void s_successors(const ms_vocab *v, uint64_t seed, int32_t **off_p, int3
 
 /* ---- text model ----------------------------------------------------------------------- */
 
-static int s_check_lm_cfg(const ms_modelgen_cfg *c, const ms_vocab *v, char *err,
-                          size_t err_size) {
+static int s_check_lm_cfg(const ms_modelgen_cfg *c, const ms_vocab *v, char *err, size_t err_size) {
     if (c->n_embd < 2 || c->n_layer < 1 || c->n_ff < 1 || c->n_head < 1 || c->n_head_kv < 1 ||
         c->n_ctx < 1 || v->n_tokens < 2)
         return ms_errf(err, err_size, "modelgen: every text-model size must be positive");
     if (c->n_embd % c->n_head != 0 || c->n_head % c->n_head_kv != 0 ||
         (c->n_embd / c->n_head) % 2 != 0)
-        return ms_errf(err, err_size, "modelgen: n_head %d must divide n_embd %d into an even "
-                       "head size, and n_head_kv %d must divide n_head", c->n_head, c->n_embd,
-                       c->n_head_kv);
+        return ms_errf(err, err_size,
+                       "modelgen: n_head %d must divide n_embd %d into an even "
+                       "head size, and n_head_kv %d must divide n_head",
+                       c->n_head, c->n_embd, c->n_head_kv);
     return 0;
 }
 
@@ -464,9 +486,14 @@ int ms_modelgen_lm(const ms_modelgen_cfg *cfg, const ms_vocab *vocab, const char
         s_successors(vocab, cfg->seed, &off, &pred);
         /* logit of the successor ≈ beta · |h| · |embd row| · cos ≈ beta · E · 0.9 */
         const float beta = MS_MODELGEN_LOGIT_TARGET / (0.9f * (float)E * embd_std);
-        const s_init in = {.mean = 0.0f, .std = 0.1f * beta, .pred_off = off, .pred = pred,
+        const s_init in = {.mean = 0.0f,
+                           .std = 0.1f * beta,
+                           .pred_off = off,
+                           .pred = pred,
+                           .pred_rows = V,
                            .embd_seed = s_tensor_seed(cfg->seed, "token_embd.weight"),
-                           .embd_std = embd_std, .beta = beta};
+                           .embd_std = embd_std,
+                           .beta = beta};
         const int64_t ne[2] = {E, V};
         rc = s_tensor(&g, "output.weight", cfg->type, 2, ne, &in);
         free(off);
@@ -483,17 +510,19 @@ static int s_check_vit_cfg(const ms_modelgen_cfg *c, char *err, size_t err_size)
         c->v_n_layer < 1 || c->v_n_head < 1 || c->n_embd < 1)
         return ms_errf(err, err_size, "modelgen: every vision size must be positive");
     if (c->v_image_size % c->v_patch_size != 0 || c->v_n_embd % c->v_n_head != 0)
-        return ms_errf(err, err_size, "modelgen: patch %d must divide image %d and heads %d "
-                       "must divide width %d", c->v_patch_size, c->v_image_size, c->v_n_head,
-                       c->v_n_embd);
+        return ms_errf(err, err_size,
+                       "modelgen: patch %d must divide image %d and heads %d "
+                       "must divide width %d",
+                       c->v_patch_size, c->v_image_size, c->v_n_head, c->v_n_embd);
     if (c->v_n_ff == c->v_n_embd)
-        return ms_errf(err, err_size, "modelgen: vision n_ff must differ from n_embd (the fc1 / "
+        return ms_errf(err, err_size,
+                       "modelgen: vision n_ff must differ from n_embd (the fc1 / "
                        "fc2 naming is told apart by shape)");
     return 0;
 }
 
-int ms_modelgen_vit(const ms_modelgen_cfg *cfg, const ms_modelgen_hooks *hooks,
-                    ms_gguf_writer *w, ms_modelgen_stats *st, char *err, size_t err_size) {
+int ms_modelgen_vit(const ms_modelgen_cfg *cfg, const ms_modelgen_hooks *hooks, ms_gguf_writer *w,
+                    ms_modelgen_stats *st, char *err, size_t err_size) {
     if (s_check_vit_cfg(cfg, err, err_size) != 0) return -1;
     s_gen g;
     s_gen_init(&g, cfg, hooks, w, err, err_size);
@@ -535,18 +564,27 @@ int ms_modelgen_vit(const ms_modelgen_cfg *cfg, const ms_modelgen_hooks *hooks,
     int rc = s_tensor(&g, "v.patch_embd.weight", ft, 4, pne, &pin) ||
              s_vec(&g, "v.class_embd", E, 0.0f, 0.5f) ||
              s_tensor(&g, "v.position_embd.weight", ft, 2, posne, &posin) ||
-             s_vec(&g, "v.pre_ln.weight", E, 1.0f, nsp) || s_vec(&g, "v.pre_ln.bias", E, 0.0f, 0.05f);
+             s_vec(&g, "v.pre_ln.weight", E, 1.0f, nsp) ||
+             s_vec(&g, "v.pre_ln.bias", E, 0.0f, 0.05f);
 #define S_N(fmt) (snprintf(name, sizeof name, "v.blk.%d." fmt, il), name)
     for (int il = 0; il < n_blocks && rc == 0; il++) {
-        rc = s_vec(&g, S_N("ln1.weight"), E, 1.0f, nsp) || s_vec(&g, S_N("ln1.bias"), E, 0.0f, 0.05f) ||
-             s_lin(&g, S_N("attn_q.weight"), E, E, 1.0f) || s_vec(&g, S_N("attn_q.bias"), E, 0.0f, 0.05f) ||
-             s_lin(&g, S_N("attn_k.weight"), E, E, 1.0f) || s_vec(&g, S_N("attn_k.bias"), E, 0.0f, 0.05f) ||
-             s_lin(&g, S_N("attn_v.weight"), E, E, 1.0f) || s_vec(&g, S_N("attn_v.bias"), E, 0.0f, 0.05f) ||
-             s_lin(&g, S_N("attn_out.weight"), E, E, res) || s_vec(&g, S_N("attn_out.bias"), E, 0.0f, 0.02f) ||
-             s_vec(&g, S_N("ln2.weight"), E, 1.0f, nsp) || s_vec(&g, S_N("ln2.bias"), E, 0.0f, 0.05f) ||
+        rc = s_vec(&g, S_N("ln1.weight"), E, 1.0f, nsp) ||
+             s_vec(&g, S_N("ln1.bias"), E, 0.0f, 0.05f) ||
+             s_lin(&g, S_N("attn_q.weight"), E, E, 1.0f) ||
+             s_vec(&g, S_N("attn_q.bias"), E, 0.0f, 0.05f) ||
+             s_lin(&g, S_N("attn_k.weight"), E, E, 1.0f) ||
+             s_vec(&g, S_N("attn_k.bias"), E, 0.0f, 0.05f) ||
+             s_lin(&g, S_N("attn_v.weight"), E, E, 1.0f) ||
+             s_vec(&g, S_N("attn_v.bias"), E, 0.0f, 0.05f) ||
+             s_lin(&g, S_N("attn_out.weight"), E, E, res) ||
+             s_vec(&g, S_N("attn_out.bias"), E, 0.0f, 0.02f) ||
+             s_vec(&g, S_N("ln2.weight"), E, 1.0f, nsp) ||
+             s_vec(&g, S_N("ln2.bias"), E, 0.0f, 0.05f) ||
              /* current llama.cpp naming: ffn_up = fc1 (E -> F), ffn_down = fc2 (F -> E) */
-             s_lin(&g, S_N("ffn_up.weight"), E, F, 1.0f) || s_vec(&g, S_N("ffn_up.bias"), F, 0.0f, 0.1f) ||
-             s_lin(&g, S_N("ffn_down.weight"), F, E, res) || s_vec(&g, S_N("ffn_down.bias"), E, 0.0f, 0.02f);
+             s_lin(&g, S_N("ffn_up.weight"), E, F, 1.0f) ||
+             s_vec(&g, S_N("ffn_up.bias"), F, 0.0f, 0.1f) ||
+             s_lin(&g, S_N("ffn_down.weight"), F, E, res) ||
+             s_vec(&g, S_N("ffn_down.bias"), E, 0.0f, 0.02f);
     }
 #undef S_N
     if (rc == 0)
@@ -597,25 +635,29 @@ static const char S_CORPUS[] =
 /* Splits text into pre-tokens roughly as the qwen2 regex does (ASCII only):
  * [^\r\n L N]?L+ | N | ' '?[^\s L N]+[\r\n]* | \s*[\r\n]+ | \s+(?!\S) | \s+ */
 static size_t s_pretoken(const char *s, size_t n, size_t i) {
-#define S_L(c) (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z'))
-#define S_D(c) ((c) >= '0' && (c) <= '9')
-#define S_W(c) ((c) == ' ' || (c) == '\t' || (c) == '\n' || (c) == '\r')
+#define S_L(c)  (((c) >= 'a' && (c) <= 'z') || ((c) >= 'A' && (c) <= 'Z'))
+#define S_D(c)  ((c) >= '0' && (c) <= '9')
+#define S_W(c)  ((c) == ' ' || (c) == '\t' || (c) == '\n' || (c) == '\r')
 #define S_NL(c) ((c) == '\n' || (c) == '\r')
     size_t j = i;
     char c = s[i];
     if (S_L(c) || (!S_D(c) && !S_NL(c) && i + 1 < n && S_L(s[i + 1]))) {
         j++;
-        while (j < n && S_L(s[j])) j++;
+        while (j < n && S_L(s[j]))
+            j++;
         return j;
     }
     if (S_D(c)) return i + 1;
     if (!S_W(c) || (c == ' ' && i + 1 < n && !S_W(s[i + 1]) && !S_L(s[i + 1]) && !S_D(s[i + 1]))) {
         if (c == ' ') j++;
-        while (j < n && !S_W(s[j]) && !S_L(s[j]) && !S_D(s[j])) j++;
-        while (j < n && S_NL(s[j])) j++;
+        while (j < n && !S_W(s[j]) && !S_L(s[j]) && !S_D(s[j]))
+            j++;
+        while (j < n && S_NL(s[j]))
+            j++;
         return j;
     }
-    while (j < n && S_W(s[j])) j++;
+    while (j < n && S_W(s[j]))
+        j++;
     /* a run of spaces before a word leaves its last space to the word */
     if (j < n && j - i > 1 && s[j - 1] == ' ') j--;
     return j;
@@ -672,7 +714,8 @@ void ms_modelgen_builtin_vocab(ms_vocab *v) {
         for (w = 0; w < n_words; w++) {
             if (words[w].n != (int)(j - i)) continue;
             int k = 0;
-            while (k < words[w].n && words[w].sym[k] == (unsigned char)S_CORPUS[i + k]) k++;
+            while (k < words[w].n && words[w].sym[k] == (unsigned char)S_CORPUS[i + k])
+                k++;
             if (k == words[w].n) break;
         }
         if (w == n_words) {
@@ -683,7 +726,8 @@ void ms_modelgen_builtin_vocab(ms_vocab *v) {
             words[w].n = (int)(j - i);
             words[w].count = 0;
             words[w].sym = ms_xmalloc((size_t)words[w].n * sizeof(int32_t));
-            for (int k = 0; k < words[w].n; k++) words[w].sym[k] = (unsigned char)S_CORPUS[i + k];
+            for (int k = 0; k < words[w].n; k++)
+                words[w].sym[k] = (unsigned char)S_CORPUS[i + k];
             n_words++;
         }
         words[w].count++;
@@ -699,21 +743,25 @@ void ms_modelgen_builtin_vocab(ms_vocab *v) {
         size_t np = 0;
         for (int w = 0; w < n_words; w++)
             for (int k = 0; k + 1 < words[w].n; k++)
-                keys[np++] = ((uint64_t)(uint32_t)words[w].sym[k] << 32) | (uint32_t)words[w].sym[k + 1];
+                keys[np++] =
+                    ((uint64_t)(uint32_t)words[w].sym[k] << 32) | (uint32_t)words[w].sym[k + 1];
         if (np == 0) break;
         /* weights: recount per sorted key (words repeat their pairs count times) */
         qsort(keys, np, sizeof *keys, s_cmp_u64);
         size_t nu = 0;
         for (size_t a = 0; a < np;) {
             size_t b = a;
-            while (b < np && keys[b] == keys[a]) b++;
+            while (b < np && keys[b] == keys[a])
+                b++;
             keys[nu++] = keys[a];
             a = b;
         }
-        for (size_t u = 0; u < nu; u++) cnt[u] = 0;
+        for (size_t u = 0; u < nu; u++)
+            cnt[u] = 0;
         for (int w = 0; w < n_words; w++)
             for (int k = 0; k + 1 < words[w].n; k++) {
-                uint64_t key = ((uint64_t)(uint32_t)words[w].sym[k] << 32) | (uint32_t)words[w].sym[k + 1];
+                uint64_t key =
+                    ((uint64_t)(uint32_t)words[w].sym[k] << 32) | (uint32_t)words[w].sym[k + 1];
                 uint64_t *hit = bsearch(&key, keys, nu, sizeof *keys, s_cmp_u64);
                 cnt[hit - keys] += words[w].count;
             }
@@ -753,7 +801,8 @@ void ms_modelgen_builtin_vocab(ms_vocab *v) {
     }
     free(keys);
     free(cnt);
-    for (int w = 0; w < n_words; w++) free(words[w].sym);
+    for (int w = 0; w < n_words; w++)
+        free(words[w].sym);
     free(words);
 
     const int32_t eot = s_vocab_push(v, ms_xstrdup("<|endoftext|>"), MS_TOKEN_CONTROL, &cap);

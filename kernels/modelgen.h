@@ -34,19 +34,19 @@
 #include "model.h"
 #include "tokenizer.h"
 
-#define MS_MODELGEN_RESIDUAL_GAIN 1.0f  /* total gain of the residual branches, see above */
-#define MS_MODELGEN_LOGIT_TARGET  20.0f /* typical logit of the predicted token */
-#define MS_MODELGEN_NORM_SPREAD   0.1f  /* std of norm weights around 1 */
-#define MS_MODELGEN_BUILTIN_MERGES 400  /* BPE merges learned for the builtin vocabulary */
-#define MS_MODELGEN_MAX_PATH      1024  /* longest vocabulary path kept in a config */
+#define MS_MODELGEN_RESIDUAL_GAIN  1.0f  /* total gain of the residual branches, see above */
+#define MS_MODELGEN_LOGIT_TARGET   20.0f /* typical logit of the predicted token */
+#define MS_MODELGEN_NORM_SPREAD    0.1f  /* std of norm weights around 1 */
+#define MS_MODELGEN_BUILTIN_MERGES 400   /* BPE merges learned for the builtin vocabulary */
+#define MS_MODELGEN_MAX_PATH       1024  /* longest vocabulary path kept in a config */
 
 /* Everything that decides a generated model. */
 typedef struct ms_modelgen_cfg {
-    char preset[16];      /* "tiny", "demo", "bench": names the files <preset>-lm.gguf ... */
-    ms_arch arch;         /* text model architecture */
-    ms_type type;         /* 2-D weights: F32, F16, BF16, Q8_0 or Q4_0 (F16 where a row does
-                           * not fit the block size); 1-D tensors are always F32 */
-    uint64_t seed;        /* weights and the successor order */
+    char preset[16]; /* "tiny", "demo", "bench": names the files <preset>-lm.gguf ... */
+    ms_arch arch;    /* text model architecture */
+    ms_type type;    /* 2-D weights: F32, F16, BF16, Q8_0 or Q4_0 (F16 where a row does
+                      * not fit the block size); 1-D tensors are always F32 */
+    uint64_t seed;   /* weights and the successor order */
     /* vocabulary: "builtin", a Hugging Face tokenizer.json, or a {vocab, merges} JSON */
     char vocab[MS_MODELGEN_MAX_PATH];
     /* the names of files in the shared tokenizer folder this preset prefers,
@@ -64,14 +64,14 @@ typedef struct ms_modelgen_cfg {
     bool tie_output;      /* omit output.weight (tied to token_embd) */
     float residual_gain;  /* total gain of the residual branches (MS_MODELGEN_RESIDUAL_GAIN) */
     /* vision tower (mmproj); the projector maps to n_embd */
-    int v_image_size;     /* clip.vision.image_size, pixels */
-    int v_patch_size;     /* clip.vision.patch_size, pixels */
-    int v_n_embd;         /* clip.vision.embedding_length */
-    int v_n_ff;           /* clip.vision.feed_forward_length */
-    int v_n_layer;        /* blocks run; block_count = v_n_layer + 1 are stored (see model.h) */
-    int v_n_head;         /* clip.vision.attention.head_count */
-    float v_eps;          /* clip.vision.attention.layer_norm_epsilon */
-    bool v_use_gelu;      /* clip.use_gelu (else quick GELU, as CLIP ViT-L) */
+    int v_image_size; /* clip.vision.image_size, pixels */
+    int v_patch_size; /* clip.vision.patch_size, pixels */
+    int v_n_embd;     /* clip.vision.embedding_length */
+    int v_n_ff;       /* clip.vision.feed_forward_length */
+    int v_n_layer;    /* blocks run; block_count = v_n_layer + 1 are stored (see model.h) */
+    int v_n_head;     /* clip.vision.attention.head_count */
+    float v_eps;      /* clip.vision.attention.layer_norm_epsilon */
+    bool v_use_gelu;  /* clip.use_gelu (else quick GELU, as CLIP ViT-L) */
 } ms_modelgen_cfg;
 
 /* Optional edits while building, for tests that need a malformed variant. */
@@ -80,8 +80,7 @@ typedef struct ms_modelgen_hooks {
     bool (*keep_key)(void *ud, const char *key);
     /* Called before each tensor: may change its type, n_dims and ne (the data
      * follows), or return false to leave it out. */
-    bool (*tensor)(void *ud, const char *name, ms_type *type, int *n_dims,
-                   int64_t ne[MS_MAX_DIMS]);
+    bool (*tensor)(void *ud, const char *name, ms_type *type, int *n_dims, int64_t ne[MS_MAX_DIMS]);
     void *ud; /* passed back */
 } ms_modelgen_hooks;
 
@@ -119,8 +118,8 @@ int ms_modelgen_lm(const ms_modelgen_cfg *cfg, const ms_vocab *vocab, const char
                    const ms_modelgen_hooks *hooks, ms_gguf_writer *w, ms_modelgen_stats *st,
                    char *err, size_t err_size);
 /* Adds the mmproj's keys and tensors to w (projecting to cfg->n_embd). */
-int ms_modelgen_vit(const ms_modelgen_cfg *cfg, const ms_modelgen_hooks *hooks,
-                    ms_gguf_writer *w, ms_modelgen_stats *st, char *err, size_t err_size);
+int ms_modelgen_vit(const ms_modelgen_cfg *cfg, const ms_modelgen_hooks *hooks, ms_gguf_writer *w,
+                    ms_modelgen_stats *st, char *err, size_t err_size);
 
 /* Builds and writes both files, <dir>/<prefix>-lm.gguf and
  * <dir>/<prefix>-mmproj.gguf (prefix NULL = cfg->preset), creating dir if

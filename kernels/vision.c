@@ -20,19 +20,24 @@ struct ms_vision {
     int n_tok;            /* T */
     ms_tensor patch_view; /* v.patch_embd.weight viewed as {K, E} */
     /* backend scratch */
-    float *patches;       /* (B·P, K) */
-    float *x;             /* (B·T, E) residual stream */
-    float *xn;            /* (B·T, E) */
-    float *q, *k, *v;     /* (B·T, E) each */
-    float *att;           /* (B·T, E) */
-    float *ff;            /* (B·T, F) */
-    float *p_h;           /* (B·P, M) projector hidden */
-    float *p_out;         /* (B·P, M) projector output */
+    float *patches;   /* (B·P, K) */
+    float *x;         /* (B·T, E) residual stream */
+    float *xn;        /* (B·T, E) */
+    float *q, *k, *v; /* (B·T, E) each */
+    float *att;       /* (B·T, E) */
+    float *ff;        /* (B·T, F) */
+    float *p_h;       /* (B·P, M) projector hidden */
+    float *p_out;     /* (B·P, M) projector output */
+    float *pos;       /* (T, E) position embeddings as f32 (the weight may be F16/BF16) */
+    bool pos_ready;   /* pos filled (lazily: after the weights were prepared) */
+    int32_t *pos_ids; /* host (T): 0, 1, ..., T-1 */
     /* host scratch */
-    float *cols;          /* (B·P, K) im2col of the pixels */
+    float *cols; /* (B·P, K) im2col of the pixels */
 };
 
-static const float *s_w(const ms_tensor *t) { return t ? (const float *)ms_weight_data(t) : NULL; }
+static const float *s_w(const ms_tensor *t) {
+    return t ? (const float *)ms_weight_data(t) : NULL;
+}
 
 static float *s_alloc(ms_backend *be, size_t n_floats, bool *ok) {
     float *p = be->ops->alloc(be, n_floats * sizeof(float));
@@ -48,8 +53,10 @@ ms_vision *ms_vision_new(const ms_vit *vit, ms_backend *be, int max_images, char
         return NULL;
     }
     if (hp->n_image_tokens != hp->n_patches) {
-        ms_errf(err, err_size, "vision: %d image tokens for %d patches: only the mlp projector "
-                "(one token per patch) is supported", hp->n_image_tokens, hp->n_patches);
+        ms_errf(err, err_size,
+                "vision: %d image tokens for %d patches: only the mlp projector "
+                "(one token per patch) is supported",
+                hp->n_image_tokens, hp->n_patches);
         return NULL;
     }
     const int p = hp->patch_size;
@@ -80,6 +87,10 @@ ms_vision *ms_vision_new(const ms_vit *vit, ms_backend *be, int max_images, char
     v->ff = s_alloc(be, B * T * F, &ok);
     v->p_h = s_alloc(be, B * P * M, &ok);
     v->p_out = s_alloc(be, B * P * M, &ok);
+    v->pos = s_alloc(be, T * E, &ok);
+    v->pos_ids = ms_xmalloc(T * sizeof *v->pos_ids);
+    for (size_t t = 0; t < T; t++)
+        v->pos_ids[t] = (int32_t)t;
     v->cols = ms_xmalloc(B * P * K * sizeof(float));
     if (!ok) {
         ms_errf(err, err_size, "vision: cannot allocate scratch for %d images", max_images);
@@ -93,15 +104,18 @@ void ms_vision_destroy(ms_vision **v_p) {
     if (!v_p || !*v_p) return;
     ms_vision *v = *v_p;
     *v_p = NULL;
-    float *bufs[] = {v->patches, v->x, v->xn, v->q,  v->k,
-                     v->v,       v->att, v->ff, v->p_h, v->p_out};
+    float *bufs[] = {v->patches, v->x,  v->xn,  v->q,     v->k,  v->v,
+                     v->att,     v->ff, v->p_h, v->p_out, v->pos};
     for (size_t i = 0; i < MS_ARRAY_LEN(bufs); i++)
         if (bufs[i]) v->be->ops->free(v->be, bufs[i]);
     free(v->cols);
+    free(v->pos_ids);
     free(v);
 }
 
-ms_tensor *ms_vision_patch_weight(ms_vision *v) { return &v->patch_view; }
+ms_tensor *ms_vision_patch_weight(ms_vision *v) {
+    return &v->patch_view;
+}
 
 /* cols (B·P, K): row py·(S/p) + px of image i holds the p×p×3 patch with
  * element (kx, ky, c) at kx + p·(ky + p·c). */
@@ -115,8 +129,8 @@ static void s_im2col(const ms_vision *v, const float *pixels, int n_img, float *
                 float *row = cols + ((size_t)i * P + (size_t)py * g + px) * K;
                 for (int c = 0; c < 3; c++)
                     for (int ky = 0; ky < p; ky++) {
-                        const float *src = img + (size_t)c * S * S + (size_t)(py * p + ky) * S +
-                                           (size_t)px * p;
+                        const float *src =
+                            img + (size_t)c * S * S + (size_t)(py * p + ky) * S + (size_t)px * p;
                         memcpy(row + (size_t)p * (ky + p * c), src, (size_t)p * sizeof(float));
                     }
             }
@@ -132,6 +146,10 @@ static void s_embed(ms_vision *v, const float *pixels, int n_img) {
     const int P = hp->n_patches, T = v->n_tok, E = hp->n_embd, C = hp->has_class ? 1 : 0;
     const size_t K = (size_t)v->patch_view.ne[0];
 
+    if (!v->pos_ready) {
+        op->get_rows(be, v->pos, vit->pos_embd, v->pos_ids, T); /* dequantized once */
+        v->pos_ready = true;
+    }
     s_im2col(v, pixels, n_img, v->cols);
     op->to_device(be, v->patches, v->cols, (size_t)n_img * P * K * sizeof(float));
     op->matmul(be, v->xn, &v->patch_view, v->patches, n_img * P);
@@ -140,7 +158,7 @@ static void s_embed(ms_vision *v, const float *pixels, int n_img) {
         float *xi = v->x + (size_t)i * T * E;
         if (C) op->copy(be, xi, s_w(vit->class_embd), (size_t)E * sizeof(float));
         op->copy(be, xi + (size_t)C * E, v->xn + (size_t)i * P * E, (size_t)P * E * sizeof(float));
-        op->add(be, xi, xi, s_w(vit->pos_embd), (size_t)T * E);
+        op->add(be, xi, xi, v->pos, (size_t)T * E);
     }
     if (vit->pre_ln_w)
         op->layernorm(be, v->x, v->x, s_w(vit->pre_ln_w), s_w(vit->pre_ln_b), n_img * T, E,
@@ -190,8 +208,10 @@ static void s_block(ms_vision *v, int il, int n_img) {
 
     op->layernorm(be, v->xn, v->x, s_w(L->ln2_w), s_w(L->ln2_b), n, E, hp->eps);
     s_linear(be, v->ff, L->ff_up_w, L->ff_up_b, v->xn, n);
-    if (hp->use_gelu) op->gelu(be, v->ff, (size_t)n * hp->n_ff);
-    else op->gelu_quick(be, v->ff, (size_t)n * hp->n_ff);
+    if (hp->use_gelu)
+        op->gelu(be, v->ff, (size_t)n * hp->n_ff);
+    else
+        op->gelu_quick(be, v->ff, (size_t)n * hp->n_ff);
     s_linear(be, v->xn, L->ff_down_w, L->ff_down_b, v->ff, n);
     op->add(be, v->x, v->x, v->xn, (size_t)n * E);
 }
@@ -204,7 +224,8 @@ void ms_vision_encode(ms_vision *v, const float *pixels, int n_images, float *fe
     for (int i0 = 0; i0 < n_images; i0 += v->max_images) {
         const int b = MS_MIN(v->max_images, n_images - i0);
         s_embed(v, pixels + (size_t)i0 * 3 * S * S, b);
-        for (int il = 0; il < hp->n_layer; il++) s_block(v, il, b);
+        for (int il = 0; il < hp->n_layer; il++)
+            s_block(v, il, b);
         if (v->vit->post_ln_w)
             be->ops->layernorm(be, v->x, v->x, s_w(v->vit->post_ln_w), s_w(v->vit->post_ln_b),
                                b * T, E, hp->eps);

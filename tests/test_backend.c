@@ -14,14 +14,17 @@
 
 #include "backend.h"
 #include "cpu/ops_cpu.h"
+#include "cpu/threadpool.h"
 #include "ms_common.h"
 #include "ms_test.h"
 #include "quant.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* NMSE tolerances against cpu-ref (which dequantizes weights with the quant.c
  * reference and sums in double); for matmul the error is normalised by the
@@ -803,4 +806,42 @@ Test(backend, rowops_deterministic, .timeout = 60) {
     free(u);
     free(w);
     s_free_backends(bs, nb);
+}
+
+/* ---- the thread pool ------------------------------------------------------------------- */
+
+typedef struct {
+    atomic_int hits[512]; /* times each task ran */
+    atomic_int bad_thread;
+    int n_threads;
+} s_pool_ctx;
+
+static void s_pool_task(void *ctx, int task, int thread) {
+    s_pool_ctx *c = ctx;
+    atomic_fetch_add(&c->hits[task], 1);
+    if (thread < 0 || thread >= c->n_threads) atomic_store(&c->bad_thread, 1);
+}
+
+/* Every task runs exactly once on a valid thread id, across many back-to-back
+ * jobs of varying size (the hand-off between jobs is where races would live),
+ * with pauses long enough for the workers to fall asleep in between. */
+Test(threadpool, every_task_once, .timeout = 60) {
+    for (int nt = 1; nt <= 4; nt++) {
+        ms_threadpool *p = ms_threadpool_new(nt);
+        cr_assert(p);
+        cr_assert_eq(ms_threadpool_n_threads(p), nt);
+        static s_pool_ctx c;
+        for (int job = 0; job < 3000; job++) {
+            const int n_tasks = (job * 7919) % 300;
+            memset(&c, 0, sizeof c);
+            c.n_threads = nt;
+            ms_threadpool_run(p, n_tasks, s_pool_task, &c);
+            for (int t = 0; t < 300; t++)
+                cr_assert_eq(atomic_load(&c.hits[t]), t < n_tasks ? 1 : 0, "threads %d job %d task %d", nt, job, t);
+            cr_assert_eq(atomic_load(&c.bad_thread), 0);
+            if (job % 1000 == 999) usleep(2 * MS_THREADPOOL_SPIN_NS / 1000 + 1000); /* let workers sleep */
+        }
+        ms_threadpool_destroy(&p);
+        cr_assert_null(p);
+    }
 }

@@ -20,7 +20,11 @@
 
 #include "engine.h"
 #include "ms_common.h"
+#include "modelgen.h"
 #include "ms_test.h"
+
+#include <stdio.h>
+#include <unistd.h>
 
 #define MAX_GEN 16
 
@@ -29,7 +33,9 @@ static char err[MS_ERR_SIZE];
 /* The text model the tests load: tiny-lm.gguf (qwen2) unless a test picks
  * tiny-llama-lm.gguf. */
 static const char *s_lm_name = "tiny-lm.gguf";
-static const char *s_lm_path(void) { return ms_test_path(ms_test_models_dir(), s_lm_name); }
+static const char *s_lm_path(void) {
+    return ms_test_path(ms_test_models_dir(), s_lm_name);
+}
 static const char *s_mm_path(void) {
     return ms_test_path(ms_test_models_dir(), "tiny-mmproj.gguf");
 }
@@ -82,9 +88,8 @@ typedef struct split_out {
 /* The split path: prefill on engine a (which also ran the vision stages),
  * sample one token there, export, import into engine b, carry the sampler
  * state, decode the rest on b. */
-static void s_split(ms_engine *a, ms_engine *b, const int32_t *prompt, int n,
-                    const uint8_t *img, size_t img_len, const ms_sampling_params *sp,
-                    split_out *o) {
+static void s_split(ms_engine *a, ms_engine *b, const int32_t *prompt, int n, const uint8_t *img,
+                    size_t img_len, const ms_sampling_params *sp, split_out *o) {
     float *embd = NULL;
     int n_images = 0;
     if (img) {
@@ -100,7 +105,8 @@ static void s_split(ms_engine *a, ms_engine *b, const int32_t *prompt, int n,
         free(feat);
     }
     const int V = ms_engine_n_vocab(a);
-    float *logits = malloc((size_t)V * sizeof(float)), *ref_logits = malloc((size_t)V * sizeof(float));
+    float *logits = malloc((size_t)V * sizeof(float)),
+          *ref_logits = malloc((size_t)V * sizeof(float));
     ms_seq *seq = ms_engine_seq_new(a);
     cr_assert_eq(ms_engine_prefill(a, seq, prompt, n, embd, n_images, logits, err, sizeof err), 0,
                  "%s", err);
@@ -174,11 +180,11 @@ static void s_split_vs_generate(bool with_image, float temp) {
 
     ms_generate_result r;
     ms_image_bytes ib = {img, img_len};
-    cr_assert_eq(ms_engine_generate(a, prompt, n, with_image ? &ib : NULL, with_image ? 1 : 0,
-                                    &sp, NULL, NULL, &r, err, sizeof err),
+    cr_assert_eq(ms_engine_generate(a, prompt, n, with_image ? &ib : NULL, with_image ? 1 : 0, &sp,
+                                    NULL, NULL, &r, err, sizeof err),
                  0, "generate: %s", err);
-    cr_assert_eq(r.n_prompt, n - (with_image ? 1 : 0) +
-                                 (with_image ? ms_engine_n_image_tokens(a) : 0));
+    cr_assert_eq(r.n_prompt,
+                 n - (with_image ? 1 : 0) + (with_image ? ms_engine_n_image_tokens(a) : 0));
     cr_assert(r.n_generated >= 1);
     split_out o;
     s_split(a, b, prompt, n, img, img_len, &sp, &o);
@@ -192,9 +198,10 @@ static void s_split_vs_generate(bool with_image, float temp) {
         ms_generate_result r2;
         sp.seed = 4321;
         cr_assert_eq(ms_engine_generate(a, prompt, n, with_image ? &ib : NULL, with_image ? 1 : 0,
-                                        &sp, NULL, NULL, &r2, err, sizeof err), 0, "%s", err);
+                                        &sp, NULL, NULL, &r2, err, sizeof err),
+                     0, "%s", err);
         cr_assert(r2.n_generated != r.n_generated ||
-                  memcmp(r2.tokens, r.tokens, (size_t)r.n_generated * sizeof(int32_t)) != 0,
+                      memcmp(r2.tokens, r.tokens, (size_t)r.n_generated * sizeof(int32_t)) != 0,
                   "seeds 1234 and 4321 drew the same %d tokens", r.n_generated);
         ms_generate_result_fini(&r2);
     }
@@ -209,10 +216,18 @@ static void s_split_vs_generate(bool with_image, float temp) {
 
 TestSuite(engine, .timeout = 120);
 
-Test(engine, split_equals_generate_text_greedy) { s_split_vs_generate(false, 0.0f); }
-Test(engine, split_equals_generate_text_sampled) { s_split_vs_generate(false, 3.0f); }
-Test(engine, split_equals_generate_image_greedy) { s_split_vs_generate(true, 0.0f); }
-Test(engine, split_equals_generate_image_sampled) { s_split_vs_generate(true, 3.0f); }
+Test(engine, split_equals_generate_text_greedy) {
+    s_split_vs_generate(false, 0.0f);
+}
+Test(engine, split_equals_generate_text_sampled) {
+    s_split_vs_generate(false, 3.0f);
+}
+Test(engine, split_equals_generate_image_greedy) {
+    s_split_vs_generate(true, 0.0f);
+}
+Test(engine, split_equals_generate_image_sampled) {
+    s_split_vs_generate(true, 3.0f);
+}
 Test(engine, split_equals_generate_llama_image_greedy) {
     s_lm_name = "tiny-llama-lm.gguf";
     s_split_vs_generate(true, 0.0f);
@@ -234,8 +249,9 @@ Test(engine, image_embeddings_flow_into_the_logits) {
     float *px = malloc(3 * pf * sizeof(float)), *feat = malloc(3 * ff * sizeof(float));
     float *embd = malloc(3 * ef * sizeof(float));
     cr_assert_eq(ms_engine_preprocess(e, img, img_len, px, err, sizeof err), 0, "%s", err);
-    for (size_t i = 0; i < pf; i++) px[pf + i] = -px[i];            /* image 1: negated */
-    memcpy(px + 2 * pf, px, pf * sizeof(float));                    /* image 2: = image 0 */
+    for (size_t i = 0; i < pf; i++)
+        px[pf + i] = -px[i];                     /* image 1: negated */
+    memcpy(px + 2 * pf, px, pf * sizeof(float)); /* image 2: = image 0 */
     cr_assert_eq(ms_engine_encode(e, px, 3, feat, err, sizeof err), 0, "%s", err);
     cr_assert(memcmp(feat, feat + 2 * ff, ff * sizeof(float)) == 0);
     cr_assert(memcmp(feat, feat + ff, ff * sizeof(float)) != 0);
@@ -253,7 +269,8 @@ Test(engine, image_embeddings_flow_into_the_logits) {
         if (MS_PROMPT_IS_IMAGE(p[i])) p[i] = MS_PROMPT_IMAGE(1);
     cr_assert_eq(ms_engine_prefill(e, b, p, n, embd, 3, l1, err, sizeof err), 0, "%s", err);
     double d = 0;
-    for (int i = 0; i < V; i++) d = fmax(d, fabs((double)l0[i] - l1[i]));
+    for (int i = 0; i < V; i++)
+        d = fmax(d, fabs((double)l0[i] - l1[i]));
     cr_assert(d > 1e-3, "logits moved by only %g when the image changed", d);
     ms_engine_seq_free(e, &a);
     ms_engine_seq_free(e, &b);
@@ -281,8 +298,8 @@ Test(engine, accessors) {
     cr_assert_eq(ms_engine_kv_block_size(e), MS_KV_BLOCK_SIZE_DEFAULT);
     /* 100 tokens round up to 7 blocks of 16 */
     cr_assert_eq(ms_engine_kv_total_blocks(e), 7);
-    cr_assert_eq(ms_engine_kv_bytes(e), ms_kvcache_bytes(lm->hp.n_layer,
-                                                         lm->hp.n_head_kv * lm->hp.head_dim, 16, 7));
+    cr_assert_eq(ms_engine_kv_bytes(e),
+                 ms_kvcache_bytes(lm->hp.n_layer, lm->hp.n_head_kv * lm->hp.head_dim, 16, 7));
     cr_assert(ms_engine_n_ctx(e) <= 7 * 16);
     ms_engine *t = s_engine("cpu-ref", false, 0, 0);
     cr_assert_not(ms_engine_has_vision(t));
@@ -307,7 +324,8 @@ static int32_t s_argmax(const float *x, int n) {
 static void s_batch_vs_alone(const char *backend) {
     ms_engine *e = s_engine(backend, false, 0, 0);
     const int V = ms_engine_n_vocab(e);
-    const char *texts[3] = {"Hi", "The quick brown fox jumps", "Once upon a time, in a land far "
+    const char *texts[3] = {"Hi", "The quick brown fox jumps",
+                            "Once upon a time, in a land far "
                             "away, there lived a dragon who"};
     ms_seq *bat[3], *alone[3];
     int32_t next[3];
@@ -317,7 +335,8 @@ static void s_batch_vs_alone(const char *backend) {
         int n = s_prompt(e, texts[s], false, p, 300);
         bat[s] = ms_engine_seq_new(e);
         alone[s] = ms_engine_seq_new(e);
-        cr_assert_eq(ms_engine_prefill(e, bat[s], p, n, NULL, 0, la, err, sizeof err), 0, "%s", err);
+        cr_assert_eq(ms_engine_prefill(e, bat[s], p, n, NULL, 0, la, err, sizeof err), 0, "%s",
+                     err);
         cr_assert_eq(ms_engine_prefill(e, alone[s], p, n, NULL, 0, NULL, err, sizeof err), 0);
         next[s] = s_argmax(la, V);
     }
@@ -330,7 +349,8 @@ static void s_batch_vs_alone(const char *backend) {
             cr_assert(memcmp(la, lb + (size_t)s * V, (size_t)V * sizeof(float)) == 0,
                       "%s: step %d seq %d: batched logits differ from alone", backend, step, s);
         }
-        for (int s = 0; s < 3; s++) next[s] = s_argmax(lb + (size_t)s * V, V);
+        for (int s = 0; s < 3; s++)
+            next[s] = s_argmax(lb + (size_t)s * V, V);
     }
     for (int s = 0; s < 3; s++) {
         ms_engine_seq_free(e, &bat[s]);
@@ -341,8 +361,12 @@ static void s_batch_vs_alone(const char *backend) {
     ms_engine_destroy(&e);
 }
 
-Test(engine, batched_decode_equals_alone_cpu_ref) { s_batch_vs_alone("cpu-ref"); }
-Test(engine, batched_decode_equals_alone_cpu) { s_batch_vs_alone("cpu"); }
+Test(engine, batched_decode_equals_alone_cpu_ref) {
+    s_batch_vs_alone("cpu-ref");
+}
+Test(engine, batched_decode_equals_alone_cpu) {
+    s_batch_vs_alone("cpu");
+}
 
 /* ---- chunked prefill ------------------------------------------------------ */
 
@@ -359,8 +383,8 @@ static void s_chunks(const char *backend) {
     cr_assert_eq(ms_engine_encode(whole, px, 1, feat, err, sizeof err), 0, "%s", err);
     cr_assert_eq(ms_engine_project(whole, feat, 1, embd, err, sizeof err), 0, "%s", err);
     int32_t p[300];
-    int n = s_prompt(whole, "A long prompt that goes on for a while, with an image in it.", true,
-                     p, 300);
+    int n = s_prompt(whole, "A long prompt that goes on for a while, with an image in it.", true, p,
+                     300);
     float *l1 = malloc((size_t)V * sizeof(float)), *l2 = malloc((size_t)V * sizeof(float));
     ms_seq *a = ms_engine_seq_new(whole), *b = ms_engine_seq_new(chunk);
     cr_assert_eq(ms_engine_prefill(whole, a, p, n, embd, 1, l1, err, sizeof err), 0, "%s", err);
@@ -370,13 +394,15 @@ static void s_chunks(const char *backend) {
                  err);
     cr_assert_eq(a->n_past, b->n_past);
     double max_diff = 0;
-    for (int i = 0; i < V; i++) max_diff = fmax(max_diff, fabs((double)l1[i] - l2[i]));
+    for (int i = 0; i < V; i++)
+        max_diff = fmax(max_diff, fabs((double)l1[i] - l2[i]));
     /* both CPU backends compute every row and query independently of the
      * chunking (ops_cpu.h determinism contract), so the logits are exact;
      * a backend without that guarantee would be held to 1e-5 */
     cr_assert(max_diff == 0, "%s: chunked prefill logits differ by %g", backend, max_diff);
     cr_assert_eq(s_argmax(l1, V), s_argmax(l2, V));
-    for (int i = 0; i < a->n_past; i++) cr_assert_eq(a->tokens[i], b->tokens[i]);
+    for (int i = 0; i < a->n_past; i++)
+        cr_assert_eq(a->tokens[i], b->tokens[i]);
     ms_engine_seq_free(whole, &a);
     ms_engine_seq_free(chunk, &b);
     free(l1);
@@ -389,8 +415,12 @@ static void s_chunks(const char *backend) {
     ms_engine_destroy(&chunk);
 }
 
-Test(engine, chunked_prefill_equals_whole_cpu_ref) { s_chunks("cpu-ref"); }
-Test(engine, chunked_prefill_equals_whole_cpu) { s_chunks("cpu"); }
+Test(engine, chunked_prefill_equals_whole_cpu_ref) {
+    s_chunks("cpu-ref");
+}
+Test(engine, chunked_prefill_equals_whole_cpu) {
+    s_chunks("cpu");
+}
 
 /* ---- errors --------------------------------------------------------------- */
 
@@ -398,7 +428,8 @@ Test(engine, kv_full_is_an_error) {
     ms_engine *e = s_engine("cpu-ref", false, 0, 32); /* 2 blocks of 16 */
     const int V = ms_engine_n_vocab(e);
     int32_t p[20];
-    for (int i = 0; i < 20; i++) p[i] = (i * 7 + 3) % V;
+    for (int i = 0; i < 20; i++)
+        p[i] = (i * 7 + 3) % V;
     float *l = malloc((size_t)V * sizeof(float));
     ms_seq *a = ms_engine_seq_new(e), *b = ms_engine_seq_new(e);
     cr_assert_eq(ms_engine_prefill(e, a, p, 17, NULL, 0, l, err, sizeof err), 0, "%s", err);
@@ -422,7 +453,8 @@ Test(engine, kv_full_is_an_error) {
     cr_assert_eq(ms_engine_kv_free_blocks(e), 2);
     /* generate with a prompt longer than the cache */
     int32_t longp[40];
-    for (int i = 0; i < 40; i++) longp[i] = i % V;
+    for (int i = 0; i < 40; i++)
+        longp[i] = i % V;
     ms_sampling_params sp;
     ms_sampling_params_default(&sp);
     ms_generate_result r;
@@ -501,8 +533,7 @@ Test(engine, kv_import_rejects_bad_blobs) {
     const int free_before = ms_engine_kv_free_blocks(e);
     const size_t cuts[] = {0, 7, MS_KV_HEADER_SIZE - 1, MS_KV_HEADER_SIZE, len / 2, len - 1};
     for (size_t i = 0; i < MS_ARRAY_LEN(cuts); i++) {
-        cr_assert_null(ms_engine_seq_import(e, blob, cuts[i], err, sizeof err), "cut %zu",
-                       cuts[i]);
+        cr_assert_null(ms_engine_seq_import(e, blob, cuts[i], err, sizeof err), "cut %zu", cuts[i]);
         cr_assert(strstr(err, "KV import"), "%s", err);
     }
     for (size_t off = 0; off < len; off += 97) {
@@ -555,6 +586,64 @@ Test(engine, cpu_and_cpu_ref_same_greedy_tokens) {
     free(img);
     ms_engine_destroy(&ref);
     ms_engine_destroy(&fast);
+}
+
+/* A q8_0 variant of the tiny preset (its ViT position embeddings and patch
+ * weights are then F16): finite features and logits, and the same greedy
+ * tokens on cpu and cpu-ref. */
+Test(engine, quantized_model_runs_on_both_backends) {
+    ms_modelgen_cfg cfg;
+    cr_assert_eq(ms_modelgen_preset("tiny", &cfg, err, sizeof err), 0, "%s", err);
+    cfg.type = MS_TYPE_Q8_0;
+    cfg.arch = MS_ARCH_LLAMA;
+    char dir[] = "/tmp/ms_test_engine_XXXXXX";
+    cr_assert(mkdtemp(dir));
+    cr_assert_eq(ms_modelgen_write(&cfg, dir, "q8", NULL, NULL, err, sizeof err), 0, "%s", err);
+    char lm[256], mm[256];
+    snprintf(lm, sizeof lm, "%s/q8-lm.gguf", dir);
+    snprintf(mm, sizeof mm, "%s/q8-mmproj.gguf", dir);
+    size_t img_len;
+    uint8_t *img = s_image(&img_len);
+    ms_image_bytes ib = {img, img_len};
+    ms_generate_result res[2];
+    const char *backends[2] = {"cpu-ref", "cpu"};
+    for (int b = 0; b < 2; b++) {
+        ms_engine_params p;
+        ms_engine_params_default(&p);
+        p.lm_path = lm;
+        p.mmproj_path = mm;
+        p.backend = backends[b];
+        ms_engine *e = ms_engine_new(&p, err, sizeof err);
+        cr_assert(e, "%s", err);
+        cr_assert_eq(ms_engine_lm(e)->layers[0].wq->type, MS_TYPE_Q8_0);
+        const size_t nt = (size_t)ms_engine_n_image_tokens(e);
+        float *px = malloc(ms_engine_image_floats(e) * sizeof(float));
+        float *feat = malloc(nt * ms_engine_feature_dim(e) * sizeof(float));
+        cr_assert_eq(ms_engine_preprocess(e, img, img_len, px, err, sizeof err), 0, "%s", err);
+        cr_assert_eq(ms_engine_encode(e, px, 1, feat, err, sizeof err), 0, "%s", err);
+        for (size_t i = 0; i < nt * ms_engine_feature_dim(e); i++)
+            cr_assert(isfinite(feat[i]), "%s: feature %zu is %g", backends[b], i, feat[i]);
+        int32_t pr[300];
+        int n = s_prompt(e, "What is in the image?", true, pr, 300);
+        s_greedy(e, pr, n, &ib, 1, &res[b]);
+        free(px);
+        free(feat);
+        ms_engine_destroy(&e);
+    }
+    cr_assert_eq(res[0].n_generated, res[1].n_generated);
+    for (int i = 0; i < res[0].n_generated; i++)
+        cr_assert_eq(res[0].tokens[i], res[1].tokens[i], "token %d", i);
+    /* a NaN forward samples token 0 forever: make sure that is not what happened */
+    int distinct = 0;
+    for (int i = 1; i < res[0].n_generated; i++)
+        distinct += res[0].tokens[i] != res[0].tokens[0];
+    cr_assert(distinct > 0, "all %d tokens are %d", res[0].n_generated, res[0].tokens[0]);
+    ms_generate_result_fini(&res[0]);
+    ms_generate_result_fini(&res[1]);
+    remove(lm);
+    remove(mm);
+    rmdir(dir);
+    free(img);
 }
 
 /* ---- streaming: callback text, stop strings ------------------------------- */
@@ -631,6 +720,7 @@ Test(engine, streaming_text_and_stops) {
  * rather than from the op sequence (the patch embedding, in particular, is a
  * convolution indexing the 4-D weight as ggml lays it out). */
 #include "llm.h"
+#include "quant.h"
 #include "vision.h"
 
 typedef struct synth {
@@ -657,7 +747,8 @@ static ms_tensor *s_tensor(synth *s, int n_dims, int64_t ne0, int64_t ne1, int64
     t->ne[3] = ne3;
     const size_t n = (size_t)(ne0 * ne1 * ne2 * ne3);
     float *d = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) d[i] = scale ? c + scale * s_rand(s) : c;
+    for (size_t i = 0; i < n; i++)
+        d[i] = scale ? c + scale * s_rand(s) : c;
     t->data = d;
     t->nbytes = n * sizeof(float);
     s->t[s->n++] = t;
@@ -671,7 +762,25 @@ static void s_synth_free(synth *s) {
     }
 }
 
-static const float *F(const ms_tensor *t) { return (const float *)t->data; }
+static const float *F(const ms_tensor *t) {
+    return (const float *)t->data;
+}
+
+/* Stores t as F16 (values rounded); R() reads it back. */
+static void s_to_f16(ms_tensor *t) {
+    const size_t n = (size_t)ms_tensor_nelements(t);
+    uint16_t *h = malloc(n * sizeof *h);
+    for (size_t i = 0; i < n; i++)
+        h[i] = ms_fp32_to_fp16(F(t)[i]);
+    free((void *)t->data);
+    t->data = h;
+    t->type = MS_TYPE_F16;
+    t->nbytes = n * sizeof *h;
+}
+
+static double R(const ms_tensor *t, size_t i) {
+    return t->type == MS_TYPE_F16 ? ms_fp16_to_fp32(((const uint16_t *)t->data)[i]) : F(t)[i];
+}
 
 static ms_lm s_make_lm(synth *s, ms_arch arch) {
     ms_lm lm = {0};
@@ -719,16 +828,19 @@ static void r_lin(double *y, const ms_tensor *w, const ms_tensor *b, const doubl
     const int K = (int)w->ne[0], M = (int)w->ne[1];
     for (int m = 0; m < M; m++) {
         double acc = b ? F(b)[m] : 0;
-        for (int k = 0; k < K; k++) acc += (double)F(w)[(size_t)m * K + k] * x[k];
+        for (int k = 0; k < K; k++)
+            acc += (double)F(w)[(size_t)m * K + k] * x[k];
         y[m] = acc;
     }
 }
 
 static void r_rmsnorm(double *y, const double *x, const ms_tensor *w, int n, double eps) {
     double ss = 0;
-    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    for (int i = 0; i < n; i++)
+        ss += x[i] * x[i];
     const double r = 1.0 / sqrt(ss / n + eps);
-    for (int i = 0; i < n; i++) y[i] = x[i] * r * F(w)[i];
+    for (int i = 0; i < n; i++)
+        y[i] = x[i] * r * F(w)[i];
 }
 
 static void r_rope(double *x, int n_head, int hd, int n_rot, int pos, double base, bool neox) {
@@ -754,7 +866,8 @@ static void r_lm_logits(const ms_lm *lm, const int32_t *toks, int n, double *log
     double *o = calloc(E, sizeof *o), *g = calloc(hp->n_ff, sizeof *g);
     double *u = calloc(hp->n_ff, sizeof *u), *w = calloc(n, sizeof *w);
     for (int t = 0; t < n; t++)
-        for (int i = 0; i < E; i++) x[t * E + i] = F(lm->tok_embd)[(size_t)toks[t] * E + i];
+        for (int i = 0; i < E; i++)
+            x[t * E + i] = F(lm->tok_embd)[(size_t)toks[t] * E + i];
     for (int l = 0; l < hp->n_layer; l++) {
         const ms_lm_layer *L = &lm->layers[l];
         for (int t = 0; t < n; t++) {
@@ -771,32 +884,47 @@ static void r_lm_logits(const ms_lm *lm, const int32_t *toks, int n, double *log
                 double mx = -1e300, sum = 0;
                 for (int j = 0; j <= t; j++) {
                     double d = 0;
-                    for (int i = 0; i < hd; i++) d += q[(t * H + h) * hd + i] * k[(j * Hk + kh) * hd + i];
+                    for (int i = 0; i < hd; i++)
+                        d += q[(t * H + h) * hd + i] * k[(j * Hk + kh) * hd + i];
                     w[j] = d / sqrt((double)hd);
                     mx = fmax(mx, w[j]);
                 }
-                for (int j = 0; j <= t; j++) sum += (w[j] = exp(w[j] - mx));
+                for (int j = 0; j <= t; j++)
+                    sum += (w[j] = exp(w[j] - mx));
                 for (int i = 0; i < hd; i++) {
                     double a = 0;
-                    for (int j = 0; j <= t; j++) a += w[j] * v[(j * Hk + kh) * hd + i];
+                    for (int j = 0; j <= t; j++)
+                        a += w[j] * v[(j * Hk + kh) * hd + i];
                     att[h * hd + i] = a / sum;
                 }
             }
             r_lin(o, L->wo, NULL, att);
-            for (int i = 0; i < E; i++) x[t * E + i] += o[i];
+            for (int i = 0; i < E; i++)
+                x[t * E + i] += o[i];
         }
         for (int t = 0; t < n; t++) {
             r_rmsnorm(xn, x + t * E, L->ffn_norm, E, hp->rms_eps);
             r_lin(g, L->w_gate, NULL, xn);
             r_lin(u, L->w_up, NULL, xn);
-            for (int i = 0; i < hp->n_ff; i++) g[i] = g[i] / (1 + exp(-g[i])) * u[i];
+            for (int i = 0; i < hp->n_ff; i++)
+                g[i] = g[i] / (1 + exp(-g[i])) * u[i];
             r_lin(o, L->w_down, NULL, g);
-            for (int i = 0; i < E; i++) x[t * E + i] += o[i];
+            for (int i = 0; i < E; i++)
+                x[t * E + i] += o[i];
         }
     }
     r_rmsnorm(xn, x + (n - 1) * E, lm->output_norm, E, hp->rms_eps);
     r_lin(logits, lm->output, NULL, xn);
-    free(x); free(xn); free(q); free(k); free(v); free(att); free(o); free(g); free(u); free(w);
+    free(x);
+    free(xn);
+    free(q);
+    free(k);
+    free(v);
+    free(att);
+    free(o);
+    free(g);
+    free(u);
+    free(w);
 }
 
 static void s_check_logits(const float *got, const double *want, int n, const char *what) {
@@ -836,8 +964,13 @@ static void s_llm_vs_reference(ms_arch arch, const char *backend) {
     ms_seq *segs[2] = {&a, &b};
     int seg_rows[2] = {5, 6};
     int32_t outs[2] = {4, 10};
-    ms_llm_batch batch = {.n_rows = 11, .tokens = rows_tok, .n_segs = 2, .seqs = segs,
-                          .seg_rows = seg_rows, .n_out = 2, .out_rows = outs};
+    ms_llm_batch batch = {.n_rows = 11,
+                          .tokens = rows_tok,
+                          .n_segs = 2,
+                          .seqs = segs,
+                          .seg_rows = seg_rows,
+                          .n_out = 2,
+                          .out_rows = outs};
     ms_llm_forward(l, kv, &batch, got);
     ms_kvcache_seq_advance(&a, ta, na);
     ms_kvcache_seq_advance(&b, tb, nb);
@@ -850,8 +983,13 @@ static void s_llm_vs_reference(ms_arch arch, const char *backend) {
         int ones[2] = {1, 1};
         int32_t o2[2] = {0, 1};
         cr_assert_eq(ms_kvcache_reserve_many(kv, segs, ones, 2, err, sizeof err), 0);
-        ms_llm_batch d = {.n_rows = 2, .tokens = nt, .n_segs = 2, .seqs = segs, .seg_rows = ones,
-                          .n_out = 2, .out_rows = o2};
+        ms_llm_batch d = {.n_rows = 2,
+                          .tokens = nt,
+                          .n_segs = 2,
+                          .seqs = segs,
+                          .seg_rows = ones,
+                          .n_out = 2,
+                          .out_rows = o2};
         ms_llm_forward(l, kv, &d, got);
         ms_kvcache_seq_advance(&a, &nt[0], 1);
         ms_kvcache_seq_advance(&b, &nt[1], 1);
@@ -873,10 +1011,18 @@ static void s_llm_vs_reference(ms_arch arch, const char *backend) {
 
 TestSuite(forward, .timeout = 60);
 
-Test(forward, llama_matches_reference_cpu_ref) { s_llm_vs_reference(MS_ARCH_LLAMA, "cpu-ref"); }
-Test(forward, qwen2_matches_reference_cpu_ref) { s_llm_vs_reference(MS_ARCH_QWEN2, "cpu-ref"); }
-Test(forward, llama_matches_reference_cpu) { s_llm_vs_reference(MS_ARCH_LLAMA, "cpu"); }
-Test(forward, qwen2_matches_reference_cpu) { s_llm_vs_reference(MS_ARCH_QWEN2, "cpu"); }
+Test(forward, llama_matches_reference_cpu_ref) {
+    s_llm_vs_reference(MS_ARCH_LLAMA, "cpu-ref");
+}
+Test(forward, qwen2_matches_reference_cpu_ref) {
+    s_llm_vs_reference(MS_ARCH_QWEN2, "cpu-ref");
+}
+Test(forward, llama_matches_reference_cpu) {
+    s_llm_vs_reference(MS_ARCH_LLAMA, "cpu");
+}
+Test(forward, qwen2_matches_reference_cpu) {
+    s_llm_vs_reference(MS_ARCH_QWEN2, "cpu");
+}
 
 static ms_vit s_make_vit(synth *s, bool use_gelu) {
     ms_vit v = {0};
@@ -926,16 +1072,21 @@ static ms_vit s_make_vit(synth *s, bool use_gelu) {
     v.mm0_b = s_tensor(s, 1, 20, 1, 1, 1, 0.5f, 0);
     v.mm2_w = s_tensor(s, 2, 20, 20, 1, 1, 0.8f, 0);
     v.mm2_b = s_tensor(s, 1, 20, 1, 1, 1, 0.5f, 0);
+    s_to_f16(v.patch_w); /* as llama.cpp's converters store them */
+    s_to_f16(v.pos_embd);
     return v;
 }
 
 static void r_layernorm(double *x, const ms_tensor *w, const ms_tensor *b, int n, double eps) {
     double m = 0, var = 0;
-    for (int i = 0; i < n; i++) m += x[i];
+    for (int i = 0; i < n; i++)
+        m += x[i];
     m /= n;
-    for (int i = 0; i < n; i++) var += (x[i] - m) * (x[i] - m);
+    for (int i = 0; i < n; i++)
+        var += (x[i] - m) * (x[i] - m);
     var /= n;
-    for (int i = 0; i < n; i++) x[i] = (x[i] - m) / sqrt(var + eps) * F(w)[i] + F(b)[i];
+    for (int i = 0; i < n; i++)
+        x[i] = (x[i] - m) / sqrt(var + eps) * F(w)[i] + F(b)[i];
 }
 
 static double r_gelu(double x, bool tanh_form) {
@@ -947,7 +1098,8 @@ static double r_gelu(double x, bool tanh_form) {
 static void r_vit(const ms_vit *v, const float *img, double *feat, double *embd) {
     const int S = 12, p = 4, g = 3, E = 16, T = 10, H = 2, hd = 8;
     double x[10][16], xn[10][16], q[10][16], k[10][16], vv[10][16], att[10][16], t1[24], t2[20];
-    for (int e = 0; e < E; e++) x[0][e] = F(v->class_embd)[e];
+    for (int e = 0; e < E; e++)
+        x[0][e] = F(v->class_embd)[e];
     for (int py = 0; py < g; py++)
         for (int px = 0; px < g; px++)
             for (int e = 0; e < E; e++) {
@@ -955,12 +1107,13 @@ static void r_vit(const ms_vit *v, const float *img, double *feat, double *embd)
                 for (int c = 0; c < 3; c++)
                     for (int ky = 0; ky < p; ky++)
                         for (int kx = 0; kx < p; kx++)
-                            acc += (double)F(v->patch_w)[kx + p * (ky + p * (c + 3 * e))] *
+                            acc += R(v->patch_w, kx + p * (ky + p * (c + 3 * e))) *
                                    img[(c * S + py * p + ky) * S + px * p + kx];
                 x[1 + py * g + px][e] = acc;
             }
     for (int t = 0; t < T; t++) {
-        for (int e = 0; e < E; e++) x[t][e] += F(v->pos_embd)[t * E + e];
+        for (int e = 0; e < E; e++)
+            x[t][e] += R(v->pos_embd, (size_t)t * E + e);
         r_layernorm(x[t], v->pre_ln_w, v->pre_ln_b, E, v->hp.eps);
     }
     for (int l = 0; l < v->hp.n_layer; l++) {
@@ -977,34 +1130,41 @@ static void r_vit(const ms_vit *v, const float *img, double *feat, double *embd)
                 double w[10], mx = -1e300, sum = 0;
                 for (int j = 0; j < T; j++) {
                     double d = 0;
-                    for (int i = 0; i < hd; i++) d += q[t][h * hd + i] * k[j][h * hd + i];
+                    for (int i = 0; i < hd; i++)
+                        d += q[t][h * hd + i] * k[j][h * hd + i];
                     w[j] = d / sqrt((double)hd);
                     mx = fmax(mx, w[j]);
                 }
-                for (int j = 0; j < T; j++) sum += (w[j] = exp(w[j] - mx));
+                for (int j = 0; j < T; j++)
+                    sum += (w[j] = exp(w[j] - mx));
                 for (int i = 0; i < hd; i++) {
                     double a = 0;
-                    for (int j = 0; j < T; j++) a += w[j] * vv[j][h * hd + i];
+                    for (int j = 0; j < T; j++)
+                        a += w[j] * vv[j][h * hd + i];
                     att[t][h * hd + i] = a / sum;
                 }
             }
         for (int t = 0; t < T; t++) {
             double o[16];
             r_lin(o, L->o_w, L->o_b, att[t]);
-            for (int e = 0; e < E; e++) x[t][e] += o[e];
+            for (int e = 0; e < E; e++)
+                x[t][e] += o[e];
             memcpy(xn[t], x[t], sizeof xn[t]);
             r_layernorm(xn[t], L->ln2_w, L->ln2_b, E, v->hp.eps);
             r_lin(t1, L->ff_up_w, L->ff_up_b, xn[t]);
-            for (int i = 0; i < 24; i++) t1[i] = r_gelu(t1[i], v->hp.use_gelu);
+            for (int i = 0; i < 24; i++)
+                t1[i] = r_gelu(t1[i], v->hp.use_gelu);
             r_lin(o, L->ff_down_w, L->ff_down_b, t1);
-            for (int e = 0; e < E; e++) x[t][e] += o[e];
+            for (int e = 0; e < E; e++)
+                x[t][e] += o[e];
         }
     }
     for (int t = 1; t < T; t++) {
         r_layernorm(x[t], v->post_ln_w, v->post_ln_b, E, v->hp.eps);
         memcpy(feat + (t - 1) * E, x[t], sizeof x[t]);
         r_lin(t2, v->mm0_w, v->mm0_b, x[t]);
-        for (int i = 0; i < 20; i++) t2[i] = r_gelu(t2[i], true);
+        for (int i = 0; i < 20; i++)
+            t2[i] = r_gelu(t2[i], true);
         r_lin(embd + (t - 1) * 20, v->mm2_w, v->mm2_b, t2);
     }
 }
@@ -1019,7 +1179,8 @@ static void s_vit_vs_reference(bool use_gelu, const char *backend) {
     cr_assert(v, "%s", err);
     float img[3][3 * 144];
     for (int i = 0; i < 3; i++)
-        for (int j = 0; j < 3 * 144; j++) img[i][j] = 2 * s_rand(&s);
+        for (int j = 0; j < 3 * 144; j++)
+            img[i][j] = 2 * s_rand(&s);
     float feat[3][9 * 16], embd[3][9 * 20];
     ms_vision_encode(v, &img[0][0], 3, &feat[0][0]);
     ms_vision_project(v, &feat[0][0], 27, &embd[0][0]);
@@ -1035,6 +1196,12 @@ static void s_vit_vs_reference(bool use_gelu, const char *backend) {
     s_synth_free(&s);
 }
 
-Test(forward, vit_gelu_matches_reference_cpu_ref) { s_vit_vs_reference(true, "cpu-ref"); }
-Test(forward, vit_quick_gelu_matches_reference_cpu_ref) { s_vit_vs_reference(false, "cpu-ref"); }
-Test(forward, vit_matches_reference_cpu) { s_vit_vs_reference(true, "cpu"); }
+Test(forward, vit_gelu_matches_reference_cpu_ref) {
+    s_vit_vs_reference(true, "cpu-ref");
+}
+Test(forward, vit_quick_gelu_matches_reference_cpu_ref) {
+    s_vit_vs_reference(false, "cpu-ref");
+}
+Test(forward, vit_matches_reference_cpu) {
+    s_vit_vs_reference(true, "cpu");
+}

@@ -52,7 +52,8 @@ static void s_fill(ms_seq *s, int n, int tag) {
         hist[i] = (t % 5 == 3) ? MS_SEQ_TOKEN_EMBD : t % N_VOCAB;
         for (int l = 0; l < N_LAYER; l++)
             for (int kind = 0; kind < 2; kind++) {
-                for (int j = 0; j < ROW_DIM; j++) row[j] = s_val(tag, l, kind, t, j);
+                for (int j = 0; j < ROW_DIM; j++)
+                    row[j] = s_val(tag, l, kind, t, j);
                 float *pool = kind ? kv->v[l] : kv->k[l];
                 be->ops->to_device(be, pool + (size_t)rows[i] * ROW_DIM, row, sizeof row);
             }
@@ -92,8 +93,8 @@ Test(kvcache, bytes_and_blocks) {
 Test(kvcache, bad_dimensions_rejected) {
     cr_assert_null(ms_kvcache_new(be, 0, ROW_DIM, BS, N_BLOCKS, err, sizeof err));
     cr_assert_null(ms_kvcache_new(be, N_LAYER, ROW_DIM, 0, N_BLOCKS, err, sizeof err));
-    cr_assert_null(ms_kvcache_new(be, N_LAYER, ROW_DIM, MS_KV_MAX_BLOCK_SIZE + 1, 1, err,
-                                  sizeof err));
+    cr_assert_null(
+        ms_kvcache_new(be, N_LAYER, ROW_DIM, MS_KV_MAX_BLOCK_SIZE + 1, 1, err, sizeof err));
     cr_assert_null(ms_kvcache_new(be, N_LAYER, ROW_DIM, BS, 0, err, sizeof err));
     cr_assert(strstr(err, "blocks"), "%s", err);
 }
@@ -110,7 +111,8 @@ Test(kvcache, reserve_rows_and_free) {
     cr_assert_eq(b.n_blocks, 1);
     cr_assert_eq(kv->n_free, N_BLOCKS - 4);
     /* blocks are distinct across sequences */
-    for (int i = 0; i < a.n_blocks; i++) cr_assert_neq(a.blocks[i], b.blocks[0]);
+    for (int i = 0; i < a.n_blocks; i++)
+        cr_assert_neq(a.blocks[i], b.blocks[0]);
     int32_t rows[2];
     ms_kvcache_seq_rows(kv, &a, 2, rows); /* positions 9, 10 */
     cr_assert_eq(rows[0], a.blocks[2] * BS + 1);
@@ -172,12 +174,13 @@ Test(kvcache, export_import_round_trip) {
     cr_assert_eq(ms_kvcache_export(kv, &a, HASH, blob, n, err, sizeof err), 0, "%s", err);
     ms_seq b;
     ms_seq_init(&b, 3);
-    cr_assert_eq(ms_kvcache_import(kv, &b, HASH, 1000, N_VOCAB, blob, n, err, sizeof err), 0,
-                 "%s", err);
+    cr_assert_eq(ms_kvcache_import(kv, &b, HASH, 1000, N_VOCAB, blob, n, err, sizeof err), 0, "%s",
+                 err);
     cr_assert_eq(b.n_past, 9);
     cr_assert_eq(b.n_blocks, 3);
     for (int i = 0; i < 3; i++)
-        for (int j = 0; j < a.n_blocks; j++) cr_assert_neq(b.blocks[i], a.blocks[j]);
+        for (int j = 0; j < a.n_blocks; j++)
+            cr_assert_neq(b.blocks[i], a.blocks[j]);
     s_check(&b, 7);
     /* the import continues like the original */
     s_fill(&b, 2, 7);
@@ -190,11 +193,13 @@ Test(kvcache, export_import_round_trip) {
 }
 
 static void s_put_u32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
 }
 
 static void s_put_u64(uint8_t *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
 }
 
 /* Expects the import of (blob, n) to fail with a message containing `what`,
@@ -271,8 +276,8 @@ Test(kvcache, import_rejects_truncated_and_corrupt) {
     cr_assert_eq(ms_kvcache_import(kv, &s, HASH, 5, N_VOCAB, good, n, err, sizeof err), -1);
     cr_assert(strstr(err, "tokens"), "%s", err);
     /* the good blob still imports */
-    cr_assert_eq(ms_kvcache_import(kv, &s, HASH, 1000, N_VOCAB, good, n, err, sizeof err), 0,
-                 "%s", err);
+    cr_assert_eq(ms_kvcache_import(kv, &s, HASH, 1000, N_VOCAB, good, n, err, sizeof err), 0, "%s",
+                 err);
     s_check(&s, 3);
     ms_kvcache_seq_fini(kv, &s);
     ms_kvcache_seq_fini(kv, &a);

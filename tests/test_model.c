@@ -20,16 +20,16 @@
 #define MAX_EDITS 4
 
 typedef struct edit {
-    const char *name;         /* tensor to change, NULL = unused slot */
-    int type;                 /* new ms_type, -1 = keep */
-    int n_dims;               /* new n_dims, 0 = keep */
-    int64_t ne[MS_MAX_DIMS];  /* new ne (when n_dims set) */
-    bool drop;                /* leave the tensor out */
+    const char *name;        /* tensor to change, NULL = unused slot */
+    int type;                /* new ms_type, -1 = keep */
+    int n_dims;              /* new n_dims, 0 = keep */
+    int64_t ne[MS_MAX_DIMS]; /* new ne (when n_dims set) */
+    bool drop;               /* leave the tensor out */
 } edit;
 
 typedef struct variant {
-    const char *drop_key;  /* key to leave out */
-    edit t[MAX_EDITS];     /* tensor edits */
+    const char *drop_key; /* key to leave out */
+    edit t[MAX_EDITS];    /* tensor edits */
 } variant;
 
 static bool s_keep_key(void *ud, const char *key) {
@@ -47,7 +47,8 @@ static bool s_tensor_hook(void *ud, const char *name, ms_type *type, int *n_dims
         if (e->type >= 0) *type = (ms_type)e->type;
         if (e->n_dims > 0) {
             *n_dims = e->n_dims;
-            for (int d = 0; d < MS_MAX_DIMS; d++) ne[d] = d < e->n_dims ? e->ne[d] : 1;
+            for (int d = 0; d < MS_MAX_DIMS; d++)
+                ne[d] = d < e->n_dims ? e->ne[d] : 1;
         }
     }
     return true;
@@ -78,8 +79,7 @@ static const char *s_write_lm(const ms_modelgen_cfg *cfg, variant *v, post_fn po
     cr_assert_eq(ms_modelgen_load_vocab("builtin", &vocab, &tmpl, err, sizeof err), 0, "%s", err);
     ms_modelgen_hooks hooks = {.keep_key = s_keep_key, .tensor = s_tensor_hook, .ud = v};
     ms_gguf_writer *w = ms_gguf_writer_new();
-    cr_assert_eq(ms_modelgen_lm(cfg, &vocab, tmpl, &hooks, w, NULL, err, sizeof err), 0, "%s",
-                 err);
+    cr_assert_eq(ms_modelgen_lm(cfg, &vocab, tmpl, &hooks, w, NULL, err, sizeof err), 0, "%s", err);
     if (post) post(w);
     const char *path = s_tmp("lm");
     cr_assert_eq(ms_gguf_writer_write(w, path, err, sizeof err), 0, "%s", err);
@@ -186,8 +186,8 @@ Test(model, tiny_qwen2_loads, .timeout = 30) {
 
 Test(model, tiny_llama_loads, .timeout = 30) {
     char err[MS_ERR_SIZE];
-    ms_lm *lm = ms_lm_load(ms_test_path(ms_test_models_dir(), "tiny-llama-lm.gguf"), err,
-                           sizeof err);
+    ms_lm *lm =
+        ms_lm_load(ms_test_path(ms_test_models_dir(), "tiny-llama-lm.gguf"), err, sizeof err);
     cr_assert_not_null(lm, "%s", err);
     cr_assert_eq(lm->hp.arch, MS_ARCH_LLAMA);
     cr_assert(!lm->hp.rope_neox);
@@ -198,8 +198,8 @@ Test(model, tiny_llama_loads, .timeout = 30) {
 
 Test(model, tiny_mmproj_loads, .timeout = 30) {
     char err[MS_ERR_SIZE];
-    ms_vit *vit = ms_vit_load(ms_test_path(ms_test_models_dir(), "tiny-mmproj.gguf"), err,
-                              sizeof err);
+    ms_vit *vit =
+        ms_vit_load(ms_test_path(ms_test_models_dir(), "tiny-mmproj.gguf"), err, sizeof err);
     cr_assert_not_null(vit, "%s", err);
     const ms_vit_hparams *hp = &vit->hp;
     cr_assert_eq(hp->image_size, 32);
@@ -249,7 +249,9 @@ static void s_embd_as_string(ms_gguf_writer *w) {
 static void s_eps_as_u32(ms_gguf_writer *w) {
     ms_gguf_set_u32(w, "qwen2.attention.layer_norm_rms_epsilon", 1);
 }
-static void s_template_as_u32(ms_gguf_writer *w) { ms_gguf_set_u32(w, "tokenizer.chat_template", 3); }
+static void s_template_as_u32(ms_gguf_writer *w) {
+    ms_gguf_set_u32(w, "tokenizer.chat_template", 3);
+}
 
 Test(model_lm_reject, wrong_key_type, .timeout = 30) {
     s_lm_rejects(MS_ARCH_QWEN2, (variant){0}, s_embd_as_string, "key 'qwen2.embedding_length'");
@@ -258,7 +260,9 @@ Test(model_lm_reject, wrong_key_type, .timeout = 30) {
     s_lm_rejects(MS_ARCH_QWEN2, (variant){0}, s_template_as_u32, "tokenizer.chat_template");
 }
 
-static void s_arch_gpt2(ms_gguf_writer *w) { ms_gguf_set_str(w, "general.architecture", "gpt2"); }
+static void s_arch_gpt2(ms_gguf_writer *w) {
+    ms_gguf_set_str(w, "general.architecture", "gpt2");
+}
 
 Test(model_lm_reject, unsupported_architecture, .timeout = 30) {
     s_lm_rejects(MS_ARCH_QWEN2, (variant){0}, s_arch_gpt2, "unsupported architecture 'gpt2'");
@@ -267,43 +271,51 @@ Test(model_lm_reject, unsupported_architecture, .timeout = 30) {
 Test(model_lm_reject, missing_tensor, .timeout = 30) {
     s_lm_rejects(MS_ARCH_QWEN2, (variant){.t = {{.name = "blk.1.ffn_down.weight", .drop = true}}},
                  NULL, "missing tensor 'blk.1.ffn_down.weight'");
-    s_lm_rejects(MS_ARCH_QWEN2, (variant){.t = {{.name = "blk.0.attn_k.bias", .drop = true}}},
-                 NULL, "missing tensor 'blk.0.attn_k.bias'");
+    s_lm_rejects(MS_ARCH_QWEN2, (variant){.t = {{.name = "blk.0.attn_k.bias", .drop = true}}}, NULL,
+                 "missing tensor 'blk.0.attn_k.bias'");
     s_lm_rejects(MS_ARCH_LLAMA, (variant){.t = {{.name = "output_norm.weight", .drop = true}}},
                  NULL, "missing tensor 'output_norm.weight'");
-    s_lm_rejects(MS_ARCH_LLAMA, (variant){.t = {{.name = "token_embd.weight", .drop = true}}},
-                 NULL, "missing tensor 'token_embd.weight'");
+    s_lm_rejects(MS_ARCH_LLAMA, (variant){.t = {{.name = "token_embd.weight", .drop = true}}}, NULL,
+                 "missing tensor 'token_embd.weight'");
 }
 
 Test(model_lm_reject, wrong_shape, .timeout = 30) {
-    s_lm_rejects(MS_ARCH_QWEN2,
-                 (variant){.t = {{.name = "blk.0.attn_q.weight", .type = -1, .n_dims = 2,
-                                  .ne = {64, 32}}}},
-                 NULL, "tensor 'blk.0.attn_q.weight' has shape");
-    s_lm_rejects(MS_ARCH_LLAMA,
-                 (variant){.t = {{.name = "blk.1.ffn_up.weight", .type = -1, .n_dims = 3,
-                                  .ne = {64, 64, 2}}}},
-                 NULL, "tensor 'blk.1.ffn_up.weight' has shape");
-    s_lm_rejects(MS_ARCH_QWEN2,
-                 (variant){.t = {{.name = "blk.1.attn_v.bias", .type = -1, .n_dims = 1,
-                                  .ne = {64}}}},
-                 NULL, "tensor 'blk.1.attn_v.bias' has shape");
+    s_lm_rejects(
+        MS_ARCH_QWEN2,
+        (variant){.t = {{.name = "blk.0.attn_q.weight", .type = -1, .n_dims = 2, .ne = {64, 32}}}},
+        NULL, "tensor 'blk.0.attn_q.weight' has shape");
+    s_lm_rejects(
+        MS_ARCH_LLAMA,
+        (variant){
+            .t = {{.name = "blk.1.ffn_up.weight", .type = -1, .n_dims = 3, .ne = {64, 64, 2}}}},
+        NULL, "tensor 'blk.1.ffn_up.weight' has shape");
+    s_lm_rejects(
+        MS_ARCH_QWEN2,
+        (variant){.t = {{.name = "blk.1.attn_v.bias", .type = -1, .n_dims = 1, .ne = {64}}}}, NULL,
+        "tensor 'blk.1.attn_v.bias' has shape");
 }
 
 Test(model_lm_reject, vector_not_f32, .timeout = 30) {
     s_lm_rejects(MS_ARCH_QWEN2,
                  (variant){.t = {{.name = "blk.0.attn_norm.weight", .type = MS_TYPE_F16}}}, NULL,
                  "tensor 'blk.0.attn_norm.weight' has type f16, expected f32");
-    s_lm_rejects(MS_ARCH_QWEN2, (variant){.t = {{.name = "blk.1.attn_q.bias", .type = MS_TYPE_BF16}}},
-                 NULL, "tensor 'blk.1.attn_q.bias' has type bf16");
+    s_lm_rejects(MS_ARCH_QWEN2,
+                 (variant){.t = {{.name = "blk.1.attn_q.bias", .type = MS_TYPE_BF16}}}, NULL,
+                 "tensor 'blk.1.attn_q.bias' has type bf16");
 }
 
-static void s_heads_3(ms_gguf_writer *w) { ms_gguf_set_u32(w, "qwen2.attention.head_count", 3); }
+static void s_heads_3(ms_gguf_writer *w) {
+    ms_gguf_set_u32(w, "qwen2.attention.head_count", 3);
+}
 static void s_kv_heads_3(ms_gguf_writer *w) {
     ms_gguf_set_u32(w, "qwen2.attention.head_count_kv", 3);
 }
-static void s_rot_odd(ms_gguf_writer *w) { ms_gguf_set_u32(w, "qwen2.rope.dimension_count", 15); }
-static void s_rot_big(ms_gguf_writer *w) { ms_gguf_set_u32(w, "qwen2.rope.dimension_count", 32); }
+static void s_rot_odd(ms_gguf_writer *w) {
+    ms_gguf_set_u32(w, "qwen2.rope.dimension_count", 15);
+}
+static void s_rot_big(ms_gguf_writer *w) {
+    ms_gguf_set_u32(w, "qwen2.rope.dimension_count", 32);
+}
 
 Test(model_lm_reject, heads_do_not_divide, .timeout = 30) {
     s_lm_rejects(MS_ARCH_QWEN2, (variant){0}, s_heads_3,
@@ -314,32 +326,40 @@ Test(model_lm_reject, heads_do_not_divide, .timeout = 30) {
     s_lm_rejects(MS_ARCH_QWEN2, (variant){0}, s_rot_big, "must be even and at most");
 }
 
-static void s_layers_huge(ms_gguf_writer *w) { ms_gguf_set_u32(w, "qwen2.block_count", 5000); }
-static void s_embd_zero(ms_gguf_writer *w) { ms_gguf_set_u32(w, "qwen2.embedding_length", 0); }
+static void s_layers_huge(ms_gguf_writer *w) {
+    ms_gguf_set_u32(w, "qwen2.block_count", 5000);
+}
+static void s_embd_zero(ms_gguf_writer *w) {
+    ms_gguf_set_u32(w, "qwen2.embedding_length", 0);
+}
 static void s_eps_zero(ms_gguf_writer *w) {
     ms_gguf_set_f32(w, "qwen2.attention.layer_norm_rms_epsilon", 0.0f);
 }
-static void s_base_nan(ms_gguf_writer *w) { ms_gguf_set_f32(w, "qwen2.rope.freq_base", NAN); }
+static void s_base_nan(ms_gguf_writer *w) {
+    ms_gguf_set_f32(w, "qwen2.rope.freq_base", NAN);
+}
 
 Test(model_lm_reject, values_out_of_range, .timeout = 30) {
-    s_lm_rejects(MS_ARCH_QWEN2, (variant){0}, s_layers_huge, "qwen2.block_count' = 5000 is out of range");
-    s_lm_rejects(MS_ARCH_QWEN2, (variant){0}, s_embd_zero, "qwen2.embedding_length' = 0 is out of range");
-    s_lm_rejects(MS_ARCH_QWEN2, (variant){0}, s_eps_zero, "layer_norm_rms_epsilon' = 0 is out of range");
+    s_lm_rejects(MS_ARCH_QWEN2, (variant){0}, s_layers_huge,
+                 "qwen2.block_count' = 5000 is out of range");
+    s_lm_rejects(MS_ARCH_QWEN2, (variant){0}, s_embd_zero,
+                 "qwen2.embedding_length' = 0 is out of range");
+    s_lm_rejects(MS_ARCH_QWEN2, (variant){0}, s_eps_zero,
+                 "layer_norm_rms_epsilon' = 0 is out of range");
     s_lm_rejects(MS_ARCH_QWEN2, (variant){0}, s_base_nan, "rope.freq_base' = nan is out of range");
 }
 
 Test(model_lm_reject, vocabulary_size_mismatch, .timeout = 30) {
     const int V = 256 + MS_MODELGEN_BUILTIN_MERGES + 3;
-    s_lm_rejects(MS_ARCH_QWEN2,
-                 (variant){.t = {{.name = "token_embd.weight", .type = -1, .n_dims = 2,
-                                  .ne = {64, V + 1}},
-                                 {.name = "output.weight", .type = -1, .n_dims = 2,
-                                  .ne = {64, V + 1}}}},
-                 NULL, "rows but the vocabulary has");
-    s_lm_rejects(MS_ARCH_QWEN2,
-                 (variant){.t = {{.name = "output.weight", .type = -1, .n_dims = 2,
-                                  .ne = {64, V - 1}}}},
-                 NULL, "tensor 'output.weight' has shape");
+    s_lm_rejects(
+        MS_ARCH_QWEN2,
+        (variant){.t = {{.name = "token_embd.weight", .type = -1, .n_dims = 2, .ne = {64, V + 1}},
+                        {.name = "output.weight", .type = -1, .n_dims = 2, .ne = {64, V + 1}}}},
+        NULL, "rows but the vocabulary has");
+    s_lm_rejects(
+        MS_ARCH_QWEN2,
+        (variant){.t = {{.name = "output.weight", .type = -1, .n_dims = 2, .ne = {64, V - 1}}}},
+        NULL, "tensor 'output.weight' has shape");
 }
 
 Test(model_lm_reject, not_a_gguf_file, .timeout = 30) {
@@ -396,9 +416,15 @@ Test(model_lm_accept, quantized_matrices, .timeout = 30) {
 
 /* ---- mmproj rejections ----------------------------------------------------------------- */
 
-static void s_clip_llama(ms_gguf_writer *w) { ms_gguf_set_str(w, "general.architecture", "llama"); }
-static void s_proj_ldp(ms_gguf_writer *w) { ms_gguf_set_str(w, "clip.projector_type", "ldp"); }
-static void s_std_u32(ms_gguf_writer *w) { ms_gguf_set_u32(w, "clip.vision.image_std", 1); }
+static void s_clip_llama(ms_gguf_writer *w) {
+    ms_gguf_set_str(w, "general.architecture", "llama");
+}
+static void s_proj_ldp(ms_gguf_writer *w) {
+    ms_gguf_set_str(w, "clip.projector_type", "ldp");
+}
+static void s_std_u32(ms_gguf_writer *w) {
+    ms_gguf_set_u32(w, "clip.vision.image_std", 1);
+}
 static void s_mean_two(ms_gguf_writer *w) {
     const float m[2] = {0.5f, 0.5f};
     ms_gguf_set_arr(w, "clip.vision.image_mean", MS_GGUF_FLOAT32, m, 2);
@@ -407,14 +433,24 @@ static void s_std_zero(ms_gguf_writer *w) {
     const float m[3] = {0.5f, 0.0f, 0.5f};
     ms_gguf_set_arr(w, "clip.vision.image_std", MS_GGUF_FLOAT32, m, 3);
 }
-static void s_patch_7(ms_gguf_writer *w) { ms_gguf_set_u32(w, "clip.vision.patch_size", 7); }
+static void s_patch_7(ms_gguf_writer *w) {
+    ms_gguf_set_u32(w, "clip.vision.patch_size", 7);
+}
 static void s_vheads_5(ms_gguf_writer *w) {
     ms_gguf_set_u32(w, "clip.vision.attention.head_count", 5);
 }
-static void s_blocks_1(ms_gguf_writer *w) { ms_gguf_set_u32(w, "clip.vision.block_count", 1); }
-static void s_blocks_5(ms_gguf_writer *w) { ms_gguf_set_u32(w, "clip.vision.block_count", 5); }
-static void s_silu(ms_gguf_writer *w) { ms_gguf_set_bool(w, "clip.use_silu", true); }
-static void s_no_vision(ms_gguf_writer *w) { ms_gguf_set_bool(w, "clip.has_vision_encoder", false); }
+static void s_blocks_1(ms_gguf_writer *w) {
+    ms_gguf_set_u32(w, "clip.vision.block_count", 1);
+}
+static void s_blocks_5(ms_gguf_writer *w) {
+    ms_gguf_set_u32(w, "clip.vision.block_count", 5);
+}
+static void s_silu(ms_gguf_writer *w) {
+    ms_gguf_set_bool(w, "clip.use_silu", true);
+}
+static void s_no_vision(ms_gguf_writer *w) {
+    ms_gguf_set_bool(w, "clip.has_vision_encoder", false);
+}
 static void s_pinpoints(ms_gguf_writer *w) {
     const int32_t p[4] = {336, 672, 672, 336};
     ms_gguf_set_arr(w, "clip.vision.image_grid_pinpoints", MS_GGUF_INT32, p, 4);
@@ -427,7 +463,9 @@ static void s_feature_two(ms_gguf_writer *w) {
     const int32_t f[2] = {1, 2};
     ms_gguf_set_arr(w, "clip.vision.feature_layer", MS_GGUF_INT32, f, 2);
 }
-static void s_gelu_str(ms_gguf_writer *w) { ms_gguf_set_str(w, "clip.use_gelu", "yes"); }
+static void s_gelu_str(ms_gguf_writer *w) {
+    ms_gguf_set_str(w, "clip.use_gelu", "yes");
+}
 
 Test(model_vit_reject, keys, .timeout = 30) {
     s_vit_rejects((variant){0}, s_clip_llama, "unsupported architecture 'llama' for an mmproj");
@@ -463,20 +501,23 @@ Test(model_vit_reject, tensors, .timeout = 30) {
                   "missing tensor 'v.blk.1.attn_out.weight'");
     s_vit_rejects((variant){.t = {{.name = "v.patch_embd.weight", .drop = true}}}, NULL,
                   "missing tensor 'v.patch_embd.weight'");
-    s_vit_rejects((variant){.t = {{.name = "v.position_embd.weight", .type = -1, .n_dims = 2,
-                                   .ne = {32, 16}}}},
-                  NULL, "tensor 'v.position_embd.weight' has shape");
-    s_vit_rejects((variant){.t = {{.name = "v.patch_embd.weight", .type = -1, .n_dims = 4,
-                                   .ne = {8, 8, 1, 32}}}},
-                  NULL, "tensor 'v.patch_embd.weight' has shape");
+    s_vit_rejects(
+        (variant){
+            .t = {{.name = "v.position_embd.weight", .type = -1, .n_dims = 2, .ne = {32, 16}}}},
+        NULL, "tensor 'v.position_embd.weight' has shape");
+    s_vit_rejects(
+        (variant){
+            .t = {{.name = "v.patch_embd.weight", .type = -1, .n_dims = 4, .ne = {8, 8, 1, 32}}}},
+        NULL, "tensor 'v.patch_embd.weight' has shape");
     s_vit_rejects((variant){.t = {{.name = "v.blk.0.ln1.bias", .type = MS_TYPE_F16}}}, NULL,
                   "tensor 'v.blk.0.ln1.bias' has type f16, expected f32");
-    s_vit_rejects((variant){.t = {{.name = "mm.2.weight", .type = -1, .n_dims = 2,
-                                   .ne = {64, 32}}}},
-                  NULL, "tensor 'mm.2.weight' has shape");
-    s_vit_rejects((variant){.t = {{.name = "v.blk.0.ffn_up.weight", .type = -1, .n_dims = 2,
-                                   .ne = {32, 64}}}},
-                  NULL, "tensor 'v.blk.0.ffn_up.weight' has shape");
+    s_vit_rejects(
+        (variant){.t = {{.name = "mm.2.weight", .type = -1, .n_dims = 2, .ne = {64, 32}}}}, NULL,
+        "tensor 'mm.2.weight' has shape");
+    s_vit_rejects(
+        (variant){
+            .t = {{.name = "v.blk.0.ffn_up.weight", .type = -1, .n_dims = 2, .ne = {32, 64}}}},
+        NULL, "tensor 'v.blk.0.ffn_up.weight' has shape");
 }
 
 /* ---- mmproj: what is optional ---------------------------------------------------------- */
@@ -484,10 +525,11 @@ Test(model_vit_reject, tensors, .timeout = 30) {
 Test(model_vit_accept, legacy_ffn_naming, .timeout = 30) {
     /* the legacy converter called fc1 "ffn_down" and fc2 "ffn_up" */
     ms_vit *vit = s_vit_variant(
-        (variant){.t = {{.name = "v.blk.0.ffn_up.weight", .type = -1, .n_dims = 2, .ne = {128, 32}},
-                        {.name = "v.blk.0.ffn_down.weight", .type = -1, .n_dims = 2, .ne = {32, 128}},
-                        {.name = "v.blk.0.ffn_up.bias", .type = -1, .n_dims = 1, .ne = {32}},
-                        {.name = "v.blk.0.ffn_down.bias", .type = -1, .n_dims = 1, .ne = {128}}}},
+        (variant){
+            .t = {{.name = "v.blk.0.ffn_up.weight", .type = -1, .n_dims = 2, .ne = {128, 32}},
+                  {.name = "v.blk.0.ffn_down.weight", .type = -1, .n_dims = 2, .ne = {32, 128}},
+                  {.name = "v.blk.0.ffn_up.bias", .type = -1, .n_dims = 1, .ne = {32}},
+                  {.name = "v.blk.0.ffn_down.bias", .type = -1, .n_dims = 1, .ne = {128}}}},
         NULL);
     cr_assert_str_eq(vit->layers[0].ff_up_w->name, "v.blk.0.ffn_down.weight");
     cr_assert_str_eq(vit->layers[0].ff_up_b->name, "v.blk.0.ffn_down.bias");
@@ -503,10 +545,11 @@ static void s_feature_3(ms_gguf_writer *w) {
 
 Test(model_vit_accept, optional_parts, .timeout = 30) {
     /* no class token: one position fewer */
-    ms_vit *vit = s_vit_variant((variant){.t = {{.name = "v.class_embd", .drop = true},
-                                                {.name = "v.position_embd.weight", .type = -1,
-                                                 .n_dims = 2, .ne = {32, 16}}}},
-                                NULL);
+    ms_vit *vit = s_vit_variant(
+        (variant){
+            .t = {{.name = "v.class_embd", .drop = true},
+                  {.name = "v.position_embd.weight", .type = -1, .n_dims = 2, .ne = {32, 16}}}},
+        NULL);
     cr_assert(!vit->hp.has_class);
     cr_assert_eq(vit->hp.n_image_tokens, 16);
     ms_vit_free(&vit);
@@ -627,14 +670,18 @@ Test(modelgen, output_margins, .timeout = 60) {
     for (int u = 0; u < V; u++) {
         /* h = rmsnorm(emb[u]) */
         double ss = 0;
-        for (int i = 0; i < E; i++) ss += (double)emb[u * E + i] * emb[u * E + i];
+        for (int i = 0; i < E; i++)
+            ss += (double)emb[u * E + i] * emb[u * E + i];
         const double inv = 1.0 / sqrt(ss / E + 1e-6);
         double best = -1e30, second = -1e30;
         for (int v = 0; v < V; v++) {
             double l = 0;
-            for (int i = 0; i < E; i++) l += emb[u * E + i] * inv * out[v * E + i];
-            if (l > best) second = best, best = l;
-            else if (l > second) second = l;
+            for (int i = 0; i < E; i++)
+                l += emb[u * E + i] * inv * out[v * E + i];
+            if (l > best)
+                second = best, best = l;
+            else if (l > second)
+                second = l;
         }
         if (best > 10.0) printable_wins++;
         if (best - second < min_margin) min_margin = best - second;

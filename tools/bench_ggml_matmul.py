@@ -3,7 +3,7 @@
 modserve-bench-kernels uses, so the two tables can be compared on one machine.
 
     python3 tools/bench_ggml_matmul.py [--K 4096] [--M 1024] [--n 1,64]
-        [--types f32,f16,bf16,q8_0,q4_0,q4_K] [--threads 1,2] [--min-time 0.5]
+        [--types f32,f16,bf16,q8_0,q4_0,q4_K] [--threads 1,2] [--min-time 0.5] [--cpu-clock]
 
 It drives the libggml shipped inside llama-cpp-python (the copy
 tools/bench_llamacpp.py uses) through ctypes: y = ggml_mul_mat(W, x) with W of
@@ -25,7 +25,8 @@ import time
 
 TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "q4_K": 12, "bf16": 30}
 # Types the CPU_REPACK buffer accepts (it aborts on others).
-REPACKED = ("q4_0", "q4_K")  # q8_0 repack segfaults in this build
+CPU_CLOCK = False  # --cpu-clock
+REPACKED = ("q4_0", "q4_K")  # no x86 q8_0 layout here: its tensor_set crashes
 
 
 class InitParams(ctypes.Structure):
@@ -95,10 +96,11 @@ def bench(g, backend, type_id, K, M, n, repack, min_time):
     g["ggml_backend_tensor_set"](x, xf.ctypes.data, 0, xf.nbytes)
     g["ggml_backend_graph_compute"](backend, graph)  # warm-up
     times, start = [], time.perf_counter()
+    clock = time.process_time if CPU_CLOCK else time.perf_counter
     while len(times) < 3 or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
+        t0 = clock()
         g["ggml_backend_graph_compute"](backend, graph)
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     g["ggml_backend_buffer_free"](buf_w)
     g["ggml_backend_buffer_free"](buf_c)
     g["ggml_free"](ctx_w)
@@ -114,7 +116,11 @@ def main():
     ap.add_argument("--types", default="f32,f16,bf16,q8_0,q4_0,q4_K")
     ap.add_argument("--threads", default="1,%d" % os.cpu_count())
     ap.add_argument("--min-time", type=float, default=0.5)
+    ap.add_argument("--cpu-clock", action="store_true",
+                    help="time by process CPU time (steadier on a loaded machine; 1 thread only)")
     a = ap.parse_args()
+    global CPU_CLOCK
+    CPU_CLOCK = a.cpu_clock
     g = load()
     backend = g["ggml_backend_cpu_init"]()
     print("ggml mul_mat y(n,%d) = x(n,%d) * W^T" % (a.M, a.K))

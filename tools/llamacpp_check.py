@@ -12,7 +12,11 @@ For each text model (generated with modserve-mkmodel unless given with -m):
      `modserve-run --temp 0 -n N --ids`, raw and chat-templated; prints
      "match" or the first divergence with llama.cpp's top-1/top-2 margin there;
   3. the mmproj: loaded by llama-cpp-python's Llava15ChatHandler (mtmd) and
-     run on a small synthetic image, to show llama.cpp accepts the file.
+     run on a small synthetic image, to show llama.cpp accepts the file; then
+     its image embeddings (mtmd_encode_chunk) against a float64 numpy reference
+     of the ViT + projector under two conventions (class token first or last,
+     block_count - 1 or block_count blocks run), showing which one this
+     llama.cpp computes (informational: not part of the exit status).
 
 Usage:
   tools/llamacpp_check.py [--bin build/bin] [-n 32] [--presets tiny,demo]
@@ -198,6 +202,122 @@ def check_mmproj(lm, mmproj, threads):
     return True
 
 
+def vit_reference(mm, img, class_first, n_run):
+    """Image embeddings of an mmproj in float64 numpy, for an image already at
+    the encoder's size: normalise, patch embedding, class token first (HF CLIP,
+    modserve) or last (recent llama.cpp, which then drops patch 0 instead of the
+    class token), position embeddings, pre-LN, n_run blocks, mlp projector."""
+    import gguf
+    r = gguf.GGUFReader(mm)
+    T = {t.name: t for t in r.tensors}
+
+    def A(name):
+        t = T[name]
+        a = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float64)
+        return a.reshape([int(x) for x in reversed(t.shape)])
+
+    def kv(k):
+        return r.fields[k].contents()
+    S, P, E = kv("clip.vision.image_size"), kv("clip.vision.patch_size"), kv("clip.vision.embedding_length")
+    H, eps = kv("clip.vision.attention.head_count"), kv("clip.vision.attention.layer_norm_epsilon")
+    mean, std = np.array(kv("clip.vision.image_mean")), np.array(kv("clip.vision.image_std"))
+
+    def ln(x, w, b):
+        m = x.mean(-1, keepdims=True)
+        v = ((x - m) ** 2).mean(-1, keepdims=True)
+        return (x - m) / np.sqrt(v + eps) * w + b
+
+    def gelu(x):
+        return 0.5 * x * (1 + np.tanh(0.7978845608 * (x + 0.044715 * x ** 3)))
+
+    def qgelu(x):
+        return x / (1 + np.exp(-1.702 * x))
+    act = gelu if kv("clip.use_gelu") else qgelu
+    x = ((img.astype(np.float64) / 255.0 - mean) / std).transpose(2, 0, 1)  # C H W
+    W, g = A("v.patch_embd.weight"), S // P  # W: E 3 p p
+    pt = np.stack([np.einsum("ecij,cij->e", W, x[:, py * P:(py + 1) * P, px * P:(px + 1) * P])
+                   for py in range(g) for px in range(g)])
+    if "v.patch_embd.bias" in T:
+        pt += A("v.patch_embd.bias")
+    cls = A("v.class_embd")
+    h = (np.vstack([cls, pt]) if class_first else np.vstack([pt, cls])) + A("v.position_embd.weight")
+    if "v.pre_ln.weight" in T:
+        h = ln(h, A("v.pre_ln.weight"), A("v.pre_ln.bias"))
+    hd = E // H
+    for il in range(n_run):
+        b = f"v.blk.{il}."
+        y = ln(h, A(b + "ln1.weight"), A(b + "ln1.bias"))
+        q, k, v = (y @ A(b + f"attn_{n}.weight").T + A(b + f"attn_{n}.bias") for n in "qkv")
+        o = np.zeros_like(q)
+        for hh in range(H):
+            s = slice(hh * hd, (hh + 1) * hd)
+            a = q[:, s] @ k[:, s].T / np.sqrt(hd)
+            a = np.exp(a - a.max(1, keepdims=True))
+            o[:, s] = (a / a.sum(1, keepdims=True)) @ v[:, s]
+        h = h + o @ A(b + "attn_out.weight").T + A(b + "attn_out.bias")
+        y = ln(h, A(b + "ln2.weight"), A(b + "ln2.bias"))
+        h = h + act(y @ A(b + "ffn_up.weight").T + A(b + "ffn_up.bias")) @ A(b + "ffn_down.weight").T \
+            + A(b + "ffn_down.bias")
+    if "v.post_ln.weight" in T:
+        h = ln(h, A("v.post_ln.weight"), A("v.post_ln.bias"))
+    sel = h[1:]  # llama.cpp takes rows 1..n_patches in both layouts
+    z = gelu(sel @ A("mm.0.weight").T + A("mm.0.bias"))
+    return z @ A("mm.2.weight").T + A("mm.2.bias")
+
+
+def lc_image_embd(lm, mm, img, threads):
+    """llama.cpp's (mtmd) embeddings of one image; img is H x W x 3 uint8."""
+    import ctypes
+    import llama_cpp
+    from llama_cpp import mtmd_cpp as M
+    model = llama_cpp.llama_model_load_from_file(lm.encode(), llama_cpp.llama_model_default_params())
+    cp = M.mtmd_context_params_default()
+    cp.use_gpu, cp.n_threads, cp.print_timings = False, threads, False
+    ctx = M.mtmd_init_from_file(mm.encode(), model, cp)
+    if not ctx:
+        raise RuntimeError("mtmd_init_from_file failed")
+    data = (ctypes.c_uint8 * img.size).from_buffer_copy(np.ascontiguousarray(img).tobytes())
+    bmp = M.mtmd_bitmap_init(img.shape[1], img.shape[0], data)
+    chunks = M.mtmd_input_chunks_init()
+    txt = M.mtmd_input_text()
+    marker = M.mtmd_default_marker()
+    txt.text, txt.text_len, txt.add_special, txt.parse_special = marker, len(marker), False, True
+    if M.mtmd_tokenize(ctx, chunks, ctypes.byref(txt), (M.mtmd_bitmap_p_ctypes * 1)(bmp), 1) != 0:
+        raise RuntimeError("mtmd_tokenize failed")
+    got = None
+    for i in range(M.mtmd_input_chunks_size(chunks)):
+        ch = M.mtmd_input_chunks_get(chunks, i)
+        if M.mtmd_input_chunk_get_type(ch) != 0:  # an image chunk
+            if M.mtmd_encode_chunk(ctx, ch) != 0:
+                raise RuntimeError("mtmd_encode_chunk failed")
+            nt = M.mtmd_input_chunk_get_n_tokens(ch)
+            d = llama_cpp.llama_model_n_embd(model)
+            got = np.ctypeslib.as_array(M.mtmd_get_output_embd(ctx), shape=(nt * d,)).reshape(nt, d).copy()
+    M.mtmd_input_chunks_free(chunks)
+    M.mtmd_bitmap_free(bmp)
+    M.mtmd_free(ctx)
+    llama_cpp.llama_model_free(model)
+    return got.astype(np.float64)
+
+
+def check_vit_embd(lm, mm, threads):
+    """Which ViT layout does this llama.cpp compute? NMSE of its embeddings against
+    the numpy reference under each convention (informational)."""
+    import gguf
+    r = gguf.GGUFReader(mm)
+    S, nb = r.fields["clip.vision.image_size"].contents(), r.fields["clip.vision.block_count"].contents()
+    img = np.random.default_rng(1).integers(0, 256, size=(S, S, 3), dtype=np.uint8)
+    from llama_cpp._utils import suppress_stdout_stderr
+    with suppress_stdout_stderr(disable=False):
+        got = lc_image_embd(lm, mm, img, threads)
+    for first in (True, False):
+        for n_run in (nb - 1, nb):
+            ref = vit_reference(mm, img, first, n_run)
+            nmse = ((ref - got) ** 2).sum() / (ref ** 2).sum()
+            print(f"   image embeddings vs numpy: class token {'first' if first else 'last '}, "
+                  f"{n_run}/{nb} blocks run: NMSE {nmse:.2e}{'   <- llama.cpp' if nmse < 1e-3 else ''}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", help="folder with modserve-run and modserve-mkmodel")
@@ -226,6 +346,7 @@ def main():
         ok &= check_lm(bin_dir, lm, args.n, args.threads)
         if mm:
             ok &= check_mmproj(lm, mm, args.threads)
+            check_vit_embd(lm, mm, args.threads)
     print("ALL MATCH" if ok else "MISMATCHES FOUND")
     return 0 if ok else 1
 

@@ -2,6 +2,7 @@
  *
  *   modserve-bench-kernels [--K 4096] [--M 1024] [--n 1,64] [--types f32,f16,bf16,q8_0,q4_0,q4_K]
  *                          [--threads N] [--isa auto|avx512|avx2|scalar] [--min-time 0.5] [--no-ref]
+ *                          [--cpu-clock]
  *
  * For each weight type and batch size n it times y(n, M) = x(n, K) · Wᵀ on
  * cpu-ref, cpu with 1 thread and cpu with --threads threads (default: all
@@ -10,7 +11,9 @@
  * GFLOP/s (2·n·M·K flops), weight GB/s (bytes of W per call / time) and the
  * speed-up over cpu-ref measured in the same run. Each measurement is one
  * warm-up call and then repeated calls until --min-time seconds have passed
- * (at least 3). Weights and activations are random; W is K x M in ggml order
+ * (at least 3). --cpu-clock times by process CPU time instead of wall time:
+ * steadier on a machine others are loading, meaningful for 1-thread rows only.
+ * Weights and activations are random; W is K x M in ggml order
  * (ne = {K, M}), so "1024x4096" decode shapes are --K 4096 --M 1024.
  */
 #include "backend.h"
@@ -21,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define BENCH_MAX_REPS 10000
@@ -44,6 +48,15 @@ static int s_cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+static bool s_cpu_clock; /* --cpu-clock: time by process CPU time, not wall time */
+
+static double s_clock(void) {
+    if (!s_cpu_clock) return ms_now_s();
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 /* Median seconds per call. */
 static double s_time(ms_backend *be, float *y, const ms_tensor *w, const float *x, int n,
                      double min_time) {
@@ -52,9 +65,9 @@ static double s_time(ms_backend *be, float *y, const ms_tensor *w, const float *
     int reps = 0;
     const double start = ms_now_s();
     while (reps < BENCH_MAX_REPS && (reps < 3 || ms_now_s() - start < min_time)) {
-        const double t0 = ms_now_s();
+        const double t0 = s_clock();
         be->ops->matmul(be, y, w, x, n);
-        t[reps++] = ms_now_s() - t0;
+        t[reps++] = s_clock() - t0;
     }
     qsort(t, (size_t)reps, sizeof t[0], s_cmp_double);
     return t[reps / 2];
@@ -71,7 +84,7 @@ static ms_type s_type_from_name(const char *s) {
 static void s_usage(void) {
     fprintf(stderr, "usage: modserve-bench-kernels [--K 4096] [--M 1024] [--n 1,64] "
                     "[--types f32,f16,bf16,q8_0,q4_0,q4_K] [--threads N] [--isa auto|avx512|avx2|scalar] "
-                    "[--min-time S] [--no-ref]\n");
+                    "[--min-time S] [--no-ref] [--cpu-clock]\n");
 }
 
 int main(int argc, char **argv) {
@@ -84,6 +97,7 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--no-ref") == 0) { ref_on = false; continue; }
+        if (strcmp(a, "--cpu-clock") == 0) { s_cpu_clock = true; continue; }
         if (!v) { s_usage(); return 2; }
         if (strcmp(a, "--K") == 0) K = atoll(v);
         else if (strcmp(a, "--M") == 0) M = atoll(v);

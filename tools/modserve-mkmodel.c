@@ -60,8 +60,8 @@ static int find_shared(const char *name, char *out, size_t cap) {
 
 static void print_file(const char *dir, const char *prefix, const char *what,
                        const ms_modelgen_stats *st) {
-    printf("  %s/%s-%s.gguf: %lld tensors, %.2f M params, %.1f MiB of weights\n", dir, prefix,
-           what, (long long)st->n_tensors, (double)st->n_params / 1e6,
+    printf("  %s/%s-%s.gguf: %lld tensors, %.2f M params, %.1f MiB of weights\n", dir, prefix, what,
+           (long long)st->n_tensors, (double)st->n_params / 1e6,
            (double)st->n_bytes / (1024.0 * 1024.0));
 }
 
@@ -72,20 +72,41 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char **dst = NULL;
-        if (strcmp(a, "--preset") == 0) dst = &preset;
-        else if (strcmp(a, "--arch") == 0) dst = &arch;
-        else if (strcmp(a, "--vocab") == 0) dst = &vocab;
-        else if (strcmp(a, "--type") == 0) dst = &type;
-        else if (strcmp(a, "--seed") == 0) dst = &seed;
-        else if (strcmp(a, "--out") == 0) dst = &out;
-        else if (strcmp(a, "--gain") == 0) dst = &gain;
-        else if (strcmp(a, "--tie") == 0) { tie = true; continue; }
-        else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) { usage(stdout); return 0; }
-        else { fprintf(stderr, "modserve-mkmodel: unknown option '%s'\n", a); usage(stderr); return 2; }
-        if (i + 1 >= argc) { fprintf(stderr, "modserve-mkmodel: %s needs a value\n", a); return 2; }
+        if (strcmp(a, "--preset") == 0)
+            dst = &preset;
+        else if (strcmp(a, "--arch") == 0)
+            dst = &arch;
+        else if (strcmp(a, "--vocab") == 0)
+            dst = &vocab;
+        else if (strcmp(a, "--type") == 0)
+            dst = &type;
+        else if (strcmp(a, "--seed") == 0)
+            dst = &seed;
+        else if (strcmp(a, "--out") == 0)
+            dst = &out;
+        else if (strcmp(a, "--gain") == 0)
+            dst = &gain;
+        else if (strcmp(a, "--tie") == 0) {
+            tie = true;
+            continue;
+        } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            usage(stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "modserve-mkmodel: unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "modserve-mkmodel: %s needs a value\n", a);
+            return 2;
+        }
         *dst = argv[++i];
     }
-    if (!preset || !out) { usage(stderr); return 2; }
+    if (!preset || !out) {
+        usage(stderr);
+        return 2;
+    }
 
     char err[MS_ERR_SIZE];
     ms_modelgen_cfg cfg;
@@ -94,9 +115,14 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (arch) {
-        if (strcmp(arch, "llama") == 0) cfg.arch = MS_ARCH_LLAMA;
-        else if (strcmp(arch, "qwen2") == 0) cfg.arch = MS_ARCH_QWEN2;
-        else { fprintf(stderr, "modserve-mkmodel: unknown arch '%s' (llama, qwen2)\n", arch); return 2; }
+        if (strcmp(arch, "llama") == 0)
+            cfg.arch = MS_ARCH_LLAMA;
+        else if (strcmp(arch, "qwen2") == 0)
+            cfg.arch = MS_ARCH_QWEN2;
+        else {
+            fprintf(stderr, "modserve-mkmodel: unknown arch '%s' (llama, qwen2)\n", arch);
+            return 2;
+        }
     }
     if (type && ms_modelgen_parse_type(type, &cfg.type, err, sizeof err) != 0) {
         fprintf(stderr, "modserve-mkmodel: %s\n", err);
@@ -105,7 +131,10 @@ int main(int argc, char **argv) {
     if (seed) {
         char *end;
         cfg.seed = strtoull(seed, &end, 0);
-        if (*end || !*seed) { fprintf(stderr, "modserve-mkmodel: bad seed '%s'\n", seed); return 2; }
+        if (*end || !*seed) {
+            fprintf(stderr, "modserve-mkmodel: bad seed '%s'\n", seed);
+            return 2;
+        }
     }
     cfg.tie_output = tie;
     if (gain) {
@@ -126,8 +155,10 @@ int main(int argc, char **argv) {
                 break;
             }
         if (cfg.vocab_wish[0] && strcmp(cfg.vocab, "builtin") == 0)
-            fprintf(stderr, "modserve-mkmodel: %s not found in the shared tokenizer folder: "
-                            "using the builtin vocabulary\n", cfg.vocab_wish[0]);
+            fprintf(stderr,
+                    "modserve-mkmodel: %s not found in the shared tokenizer folder: "
+                    "using the builtin vocabulary\n",
+                    cfg.vocab_wish[0]);
     }
 
     double t0 = ms_now_s();

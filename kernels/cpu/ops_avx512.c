@@ -103,7 +103,7 @@ AI void s_mmf_tile(int R, int C, int wt, float *y, size_t ldy, const uint8_t *w,
 #define S_MMF_TILES(T, WT)                                                                        \
     S_MMF_TILE(T, WT, 6, 4)                                                                       \
     S_MMF_TILE(T, WT, 6, 1)                                                                       \
-    S_MMF_TILE(T, WT, 1, 8)                                                                       \
+    S_MMF_TILE(T, WT, 1, 4)                                                                       \
     S_MMF_TILE(T, WT, 1, 1)                                                                       \
     static void s_mm_##T(float *y, size_t ldy, const void *w, size_t wrb, int nc,                 \
                          const ms_cpu_act *a, int nr, int64_t K) {                                \
@@ -119,8 +119,8 @@ AI void s_mmf_tile(int R, int C, int wt, float *y, size_t ldy, const uint8_t *w,
         }                                                                                         \
         for (; r < nr; r++) {                                                                     \
             int c = 0;                                                                            \
-            for (; c + 8 <= nc; c += 8)                                                           \
-                s_mmf_##T##_1x8(y + r * ldy + c, ldy, wb + c * wrb, wrb, xb + r * xrb, xrb, K);   \
+            for (; c + 4 <= nc; c += 4)                                                           \
+                s_mmf_##T##_1x4(y + r * ldy + c, ldy, wb + c * wrb, wrb, xb + r * xrb, xrb, K);   \
             for (; c < nc; c++)                                                                   \
                 s_mmf_##T##_1x1(y + r * ldy + c, ldy, wb + c * wrb, wrb, xb + r * xrb, xrb, K);   \
         }                                                                                         \
@@ -256,14 +256,13 @@ AI void s_mmk_tile(int R, int C, float *y, size_t ldy, const uint8_t *w, size_t 
 #pragma GCC unroll 4
         for (int c = 0; c < C; c++) {
             const ms_block_q4_K *blk = (const ms_block_q4_K *)(w + c * wrb) + b;
-            uint8_t sc[8], mn[8];
-            ms_cpu_q4k_scales(blk->scales, sc, mn);
-            uint64_t sc64;
-            memcpy(&sc64, sc, 8);
-            const __m512i sc32 = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc64));
-            uint64_t mn64;
-            memcpy(&mn64, mn, 8);
-            const __m128i mn16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)mn64));
+            uint32_t q[3];
+            memcpy(q, blk->scales, 12);
+            const uint32_t s0 = q[0] & 0x3f3f3f3fu, m0 = q[1] & 0x3f3f3f3fu;
+            const uint32_t s1 = (q[2] & 0x0f0f0f0fu) | (((q[0] >> 6) & 0x03030303u) << 4);
+            const uint32_t m1 = ((q[2] >> 4) & 0x0f0f0f0fu) | (((q[1] >> 6) & 0x03030303u) << 4);
+            const __m512i sc32 = _mm512_cvtepu8_epi32(_mm_setr_epi32((int)s0, (int)s1, 0, 0));
+            const __m128i mn16 = _mm_cvtepu8_epi16(_mm_setr_epi32((int)m0, (int)m1, 0, 0));
             const __m512i q0 = _mm512_loadu_si512(blk->qs), q1 = _mm512_loadu_si512(blk->qs + 64);
             const __m512i wq[4] = {_mm512_and_si512(q0, m4),
                                    _mm512_and_si512(_mm512_srli_epi16(q0, 4), m4),
