@@ -84,8 +84,8 @@ static int s_unknown_format(const uint8_t *d, size_t n, char *err, size_t err_si
         size_t len, off;
         const char *name;
     } others[] = {
-        {"GIF8", 4, 0, "GIF"},   {"BM", 2, 0, "BMP"},      {"II*\0", 4, 0, "TIFF"},
-        {"MM\0*", 4, 0, "TIFF"}, {"ftypavif", 8, 4, "AVIF"}, {"ftypheic", 8, 4, "HEIC"},
+        {"GIF8", 4, 0, "GIF"},     {"BM", 2, 0, "BMP"},        {"II*\0", 4, 0, "TIFF"},
+        {"MM\0*", 4, 0, "TIFF"},   {"ftypavif", 8, 4, "AVIF"}, {"ftypheic", 8, 4, "HEIC"},
         {"\0\0\1\0", 4, 0, "ICO"},
     };
     if (n == 0) return ms_errf(err, err_size, "empty image data (0 bytes)");
@@ -95,11 +95,13 @@ static int s_unknown_format(const uint8_t *d, size_t n, char *err, size_t err_si
         return ms_errf(err, err_size, "JPEG: truncated data (%zu bytes, inside the signature)", n);
     if (n < 12 && !memcmp(d, "RIFF", MS_MIN(n, (size_t)4)) &&
         (n <= 8 || !memcmp(d + 8, "WEBP", n - 8)))
-        return ms_errf(err, err_size, "WebP: truncated data (%zu bytes, inside the RIFF header)", n);
+        return ms_errf(err, err_size, "WebP: truncated data (%zu bytes, inside the RIFF header)",
+                       n);
     for (size_t i = 0; i < MS_ARRAY_LEN(others); i++)
         if (n >= others[i].off + others[i].len &&
             !memcmp(d + others[i].off, others[i].magic, others[i].len))
-            return ms_errf(err, err_size, "unsupported image format %s (supported: JPEG, PNG, WebP)",
+            return ms_errf(err, err_size,
+                           "unsupported image format %s (supported: JPEG, PNG, WebP)",
                            others[i].name);
     char hex[3 * 8 + 1] = "";
     for (size_t i = 0, at = 0; i < MS_MIN(n, (size_t)8); i++)
@@ -134,8 +136,10 @@ static int s_jpeg_walk(const uint8_t *d, size_t n, int *w, int *h, char *err, si
     size_t p = 2;
     bool sof = false;
     for (;;) {
-        while (p < n && d[p] != 0xff) p++; /* extraneous bytes: libjpeg tolerates them */
-        while (p < n && d[p] == 0xff) p++; /* fill bytes */
+        while (p < n && d[p] != 0xff)
+            p++; /* extraneous bytes: libjpeg tolerates them */
+        while (p < n && d[p] == 0xff)
+            p++; /* fill bytes */
         if (p >= n) break;
         uint8_t m = d[p++];
         if (m == 0xd9) { /* EOI */
@@ -146,7 +150,8 @@ static int s_jpeg_walk(const uint8_t *d, size_t n, int *w, int *h, char *err, si
         if (n - p < 2) break;
         size_t len = (size_t)d[p] << 8 | d[p + 1];
         if (len < 2)
-            return ms_errf(err, err_size, "JPEG: corrupt segment length %zu (marker 0x%02x)", len, m);
+            return ms_errf(err, err_size, "JPEG: corrupt segment length %zu (marker 0x%02x)", len,
+                           m);
         if (n - p < len) break;
         const uint8_t *s = d + p + 2;
         if (m >= 0xc0 && m <= 0xcf && m != 0xc4 && m != 0xc8 && m != 0xcc) {
@@ -165,9 +170,12 @@ static int s_jpeg_walk(const uint8_t *d, size_t n, int *w, int *h, char *err, si
                 }
                 p = (size_t)(q - d);
                 uint8_t b = d[p + 1];
-                if (b == 0x00 || (b >= 0xd0 && b <= 0xd7)) p += 2; /* stuffing, restart */
-                else if (b == 0xff) p += 1;
-                else break;
+                if (b == 0x00 || (b >= 0xd0 && b <= 0xd7))
+                    p += 2; /* stuffing, restart */
+                else if (b == 0xff)
+                    p += 1;
+                else
+                    break;
             }
         }
     }
@@ -192,7 +200,9 @@ static void s_content_size(int w, int h, const s_target *t, double *cw, double *
         *ch = t->size * (h / s);
         break;
     }
-    default: *cw = *ch = t->size; break;
+    default:
+        *cw = *ch = t->size;
+        break;
     }
 }
 
@@ -203,7 +213,8 @@ static tjscalingfactor s_jpeg_scale(int w, int h, const s_target *t) {
     s_content_size(w, h, t, &cw, &ch);
     for (size_t i = 0; i < MS_ARRAY_LEN(s_dct_scales); i++) {
         tjscalingfactor f = s_dct_scales[i];
-        if (TJSCALED(w, f) >= MS_IMAGE_DCT_MARGIN * cw && TJSCALED(h, f) >= MS_IMAGE_DCT_MARGIN * ch)
+        if (TJSCALED(w, f) >= MS_IMAGE_DCT_MARGIN * cw &&
+            TJSCALED(h, f) >= MS_IMAGE_DCT_MARGIN * ch)
             return f;
     }
     return one;
@@ -275,8 +286,8 @@ typedef struct s_png_ctx {
     size_t len, pos;     /* their length, the read position */
     char *err;           /* the caller's error buffer */
     size_t err_size;
-    uint8_t *pix;        /* (h, w, channels) decoded samples, freed on error */
-    png_bytep *rows;     /* (h) row pointers into pix */
+    uint8_t *pix;    /* (h, w, channels) decoded samples, freed on error */
+    png_bytep *rows; /* (h) row pointers into pix */
 } s_png_ctx;
 
 static void s_png_error(png_structp png, png_const_charp msg) {
@@ -337,11 +348,13 @@ static int s_decode_png(const uint8_t *d, size_t n, uint64_t max_pixels, ms_imag
         png_error(png, "unsupported pixel layout after conversion");
     c->pix = ms_xmalloc((size_t)w * h * ch);
     c->rows = ms_xmalloc(h * sizeof *c->rows);
-    for (png_uint_32 y = 0; y < h; y++) c->rows[y] = c->pix + (size_t)y * w * ch;
+    for (png_uint_32 y = 0; y < h; y++)
+        c->rows[y] = c->pix + (size_t)y * w * ch;
     png_read_image(png, c->rows);
     png_read_end(png, NULL); /* checks the rest of the stream up to IEND */
-    if (ch == 4) /* palette + tRNS: drop the alpha that expansion added */
-        for (size_t i = 0; i < (size_t)w * h; i++) memmove(c->pix + 3 * i, c->pix + 4 * i, 3);
+    if (ch == 4)             /* palette + tRNS: drop the alpha that expansion added */
+        for (size_t i = 0; i < (size_t)w * h; i++)
+            memmove(c->pix + 3 * i, c->pix + 4 * i, 3);
     out->w = (int)w;
     out->h = (int)h;
     out->rgb = c->pix;
@@ -355,21 +368,30 @@ static int s_decode_png(const uint8_t *d, size_t n, uint64_t max_pixels, ms_imag
 
 static const char *s_webp_status(VP8StatusCode st) {
     switch (st) {
-    case VP8_STATUS_OUT_OF_MEMORY: return "out of memory";
-    case VP8_STATUS_INVALID_PARAM: return "invalid parameter";
-    case VP8_STATUS_BITSTREAM_ERROR: return "corrupt bitstream";
-    case VP8_STATUS_UNSUPPORTED_FEATURE: return "unsupported feature";
-    case VP8_STATUS_SUSPENDED: return "decoding suspended";
-    case VP8_STATUS_USER_ABORT: return "decoding aborted";
-    case VP8_STATUS_NOT_ENOUGH_DATA: return "truncated data";
-    default: return "unknown error";
+    case VP8_STATUS_OUT_OF_MEMORY:
+        return "out of memory";
+    case VP8_STATUS_INVALID_PARAM:
+        return "invalid parameter";
+    case VP8_STATUS_BITSTREAM_ERROR:
+        return "corrupt bitstream";
+    case VP8_STATUS_UNSUPPORTED_FEATURE:
+        return "unsupported feature";
+    case VP8_STATUS_SUSPENDED:
+        return "decoding suspended";
+    case VP8_STATUS_USER_ABORT:
+        return "decoding aborted";
+    case VP8_STATUS_NOT_ENOUGH_DATA:
+        return "truncated data";
+    default:
+        return "unknown error";
     }
 }
 
 static int s_decode_webp(const uint8_t *d, size_t n, uint64_t max_pixels, ms_image *out, char *err,
                          size_t err_size) {
     WebPDecoderConfig cfg;
-    if (!WebPInitDecoderConfig(&cfg)) return ms_errf(err, err_size, "WebP: library version mismatch");
+    if (!WebPInitDecoderConfig(&cfg))
+        return ms_errf(err, err_size, "WebP: library version mismatch");
     VP8StatusCode st = WebPGetFeatures(d, n, &cfg.input);
     if (st != VP8_STATUS_OK) return ms_errf(err, err_size, "WebP: %s (header)", s_webp_status(st));
     if (cfg.input.has_animation)
@@ -405,10 +427,14 @@ static int s_decode(const uint8_t *data, size_t len, uint64_t max_pixels, const 
     memset(out, 0, sizeof *out);
     if (max_pixels == 0) max_pixels = MS_IMAGE_MAX_PIXELS_DEFAULT;
     switch (s_sniff(data, len)) {
-    case S_FMT_JPEG: return s_decode_jpeg(data, len, max_pixels, t, out, err, err_size);
-    case S_FMT_PNG: return s_decode_png(data, len, max_pixels, out, err, err_size);
-    case S_FMT_WEBP: return s_decode_webp(data, len, max_pixels, out, err, err_size);
-    default: return s_unknown_format(data, len, err, err_size);
+    case S_FMT_JPEG:
+        return s_decode_jpeg(data, len, max_pixels, t, out, err, err_size);
+    case S_FMT_PNG:
+        return s_decode_png(data, len, max_pixels, out, err, err_size);
+    case S_FMT_WEBP:
+        return s_decode_webp(data, len, max_pixels, out, err, err_size);
+    default:
+        return s_unknown_format(data, len, err, err_size);
     }
 }
 
@@ -468,7 +494,8 @@ static void s_axis_init(ms_image_axis *ax, int v_size, int out_size, int o0, int
         int cnt = 0;
         for (int x = 0; x < xmax; x++) {
             double v = ww != 0.0 ? w[x] / ww : w[x];
-            int32_t q = v < 0 ? (int32_t)(-0.5 + v * (1 << MS_IMAGE_PREC)) : (int32_t)(0.5 + v * (1 << MS_IMAGE_PREC));
+            int32_t q = v < 0 ? (int32_t)(-0.5 + v * (1 << MS_IMAGE_PREC))
+                              : (int32_t)(0.5 + v * (1 << MS_IMAGE_PREC));
             int r = xmin + x - pad_lo;
             if (r < 0 || r >= real_size) {
                 ax->kpad[i] += q;
@@ -518,7 +545,8 @@ static void s_hplan_init(ms_image_hplan *hp, const ms_image_axis *ax, const uint
     hp->ax = ax;
     hp->bias = s_aligned((size_t)ax->n * 4 * sizeof *hp->bias);
     for (int i = 0; i < ax->n; i++) {
-        for (int c = 0; c < 3; c++) hp->bias[4 * i + c] = MS_IMAGE_HALF + pad[c] * ax->kpad[i];
+        for (int c = 0; c < 3; c++)
+            hp->bias[4 * i + c] = MS_IMAGE_HALF + pad[c] * ax->kpad[i];
         hp->bias[4 * i + 3] = 0;
     }
     hp->kvec = NULL;
@@ -555,12 +583,14 @@ typedef struct s_kernels {
     /* One row: in has w RGB pixels, out gets hp->ax->n RGB pixels. */
     void (*hpass)(uint8_t *out, const uint8_t *in, int w, const ms_image_hplan *hp);
     /* One row of nbytes: out[x] = clip8(MS_IMAGE_HALF + sum_t rows[t][x] * k[t]). */
-    void (*vpass)(uint8_t *out, const uint8_t *const *rows, const int32_t *k, int ntaps, int nbytes);
+    void (*vpass)(uint8_t *out, const uint8_t *const *rows, const int32_t *k, int ntaps,
+                  int nbytes);
 } s_kernels;
 
 static void s_hpass_scalar(uint8_t *out, const uint8_t *in, int w, const ms_image_hplan *hp) {
     (void)w;
-    for (int i = 0; i < hp->ax->n; i++) ms_image_hpass_px(out, in, hp, i);
+    for (int i = 0; i < hp->ax->n; i++)
+        ms_image_hpass_px(out, in, hp, i);
 }
 
 static void s_vpass_scalar(uint8_t *out, const uint8_t *const *rows, const int32_t *k, int ntaps,
@@ -578,7 +608,7 @@ static inline __m128i s_combine(__m128i hi, __m128i lo, __m128i bias) {
 }
 
 __attribute__((target("ssse3"))) static void s_hpass_ssse3(uint8_t *out, const uint8_t *in, int w,
-                                                            const ms_image_hplan *hp) {
+                                                           const ms_image_hplan *hp) {
     /* Taps t, t+1 (bytes 0..5) and t+2, t+3 (bytes 6..11) as int16
      * {R_t, R_t+1, G_t, G_t+1, B_t, B_t+1, 0, 0}. */
     const __m128i sh0 = _mm_setr_epi8(0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1, -1, -1, -1, -1);
@@ -694,8 +724,8 @@ typedef struct s_view {
 
 /* Where the resized rows go: uint8 RGB rows, or normalised planar floats. */
 typedef struct s_sink {
-    uint8_t *rgb;          /* (ny, nx, 3) or NULL */
-    float *chw;            /* (3, ny, nx) or NULL */
+    uint8_t *rgb;            /* (ny, nx, 3) or NULL */
+    float *chw;              /* (3, ny, nx) or NULL */
     const float (*lut)[256]; /* [3][256] normalisation table for chw */
 } s_sink;
 
@@ -707,7 +737,8 @@ static void s_sink_row(const s_sink *sk, const uint8_t *row, int y, int nx, int 
     for (int c = 0; c < 3; c++) {
         float *o = sk->chw + ((size_t)c * ny + y) * nx;
         const float *lut = sk->lut[c];
-        for (int x = 0; x < nx; x++) o[x] = lut[row[3 * x + c]];
+        for (int x = 0; x < nx; x++)
+            o[x] = lut[row[3 * x + c]];
     }
 }
 
@@ -735,7 +766,8 @@ static void s_run_hfirst(const s_view *v, const ms_image_axis *vy, const ms_imag
     uint8_t *padrow = NULL;
     if (need_pad_row) { /* a canvas row of pad colour through the horizontal pass */
         uint8_t *src = ms_xmalloc((size_t)v->w * 3);
-        for (int x = 0; x < v->w; x++) memcpy(src + 3 * x, v->pad, 3);
+        for (int x = 0; x < v->w; x++)
+            memcpy(src + 3 * x, v->pad, 3);
         padrow = ms_xmalloc(rb);
         kr->hpass(padrow, src, v->w, hp);
         free(src);
@@ -776,10 +808,12 @@ static void s_run_vfirst(const s_view *v, const ms_image_axis *vy, const ms_imag
     size_t sb = (size_t)v->w * 3;
     uint8_t *mid = ms_xmalloc(sb), *row = ms_xmalloc((size_t)nx * 3);
     int cap = 1;
-    for (int i = 0; i < ny; i++) cap = MS_MAX(cap, vy->count[i]);
+    for (int i = 0; i < ny; i++)
+        cap = MS_MAX(cap, vy->count[i]);
     const uint8_t **rows = ms_xmalloc((size_t)cap * sizeof *rows);
     for (int i = 0; i < ny; i++) {
-        for (int t = 0; t < vy->count[i]; t++) rows[t] = v->rgb + (size_t)(vy->first[i] + t) * sb;
+        for (int t = 0; t < vy->count[i]; t++)
+            rows[t] = v->rgb + (size_t)(vy->first[i] + t) * sb;
         kr->vpass(mid, rows, vy->k + (size_t)i * vy->kstride, vy->count[i], (int)sb);
         kr->hpass(row, mid, v->w, hp);
         s_sink_row(sk, row, i, nx, ny);
@@ -811,7 +845,8 @@ static void s_resize_view(const s_view *v, int out_w, int out_h, int ox0, int oy
 int ms_image_resize(const ms_image *src, int w, int h, ms_image *out) {
     assert(src && out);
     memset(out, 0, sizeof *out);
-    if (!src->rgb || src->w <= 0 || src->h <= 0 || w <= 0 || h <= 0 || w > MS_IMAGE_MAX_OUT_SIDE ||
+    if (!src->rgb || src->w <= 0 || src->h <= 0 || src->w > MS_IMAGE_MAX_SIDE ||
+        src->h > MS_IMAGE_MAX_SIDE || w <= 0 || h <= 0 || w > MS_IMAGE_MAX_OUT_SIDE ||
         h > MS_IMAGE_MAX_OUT_SIDE)
         return -1;
     s_view v = {src->rgb, src->w, src->h, src->w, src->h, 0, 0, {0, 0, 0}};
@@ -828,14 +863,15 @@ int ms_image_resize(const ms_image *src, int w, int h, ms_image *out) {
 static int s_check_cfg(const ms_preprocess_cfg *cfg, char *err, size_t err_size) {
     if (!cfg) return ms_errf(err, err_size, "image preprocessing: no configuration");
     if (cfg->size <= 0 || cfg->size > MS_IMAGE_MAX_OUT_SIDE)
-        return ms_errf(err, err_size, "image preprocessing: size %d out of range [1, %d]", cfg->size,
-                       MS_IMAGE_MAX_OUT_SIDE);
+        return ms_errf(err, err_size, "image preprocessing: size %d out of range [1, %d]",
+                       cfg->size, MS_IMAGE_MAX_OUT_SIDE);
     if (cfg->fit != MS_FIT_PAD && cfg->fit != MS_FIT_CROP && cfg->fit != MS_FIT_STRETCH)
         return ms_errf(err, err_size, "image preprocessing: unknown fit mode %d", (int)cfg->fit);
     for (int c = 0; c < 3; c++)
         if (!isfinite(cfg->mean[c]) || !isfinite(cfg->std[c]) || !(cfg->std[c] > 0.0f))
-            return ms_errf(err, err_size, "image preprocessing: bad mean/std for channel %d (%g, %g)",
-                           c, (double)cfg->mean[c], (double)cfg->std[c]);
+            return ms_errf(err, err_size,
+                           "image preprocessing: bad mean/std for channel %d (%g, %g)", c,
+                           (double)cfg->mean[c], (double)cfg->std[c]);
     return 0;
 }
 
@@ -845,6 +881,9 @@ int ms_image_preprocess_decoded(const ms_image *img, const ms_preprocess_cfg *cf
     if (s_check_cfg(cfg, err, err_size)) return -1;
     if (!img->rgb || img->w <= 0 || img->h <= 0)
         return ms_errf(err, err_size, "image preprocessing: empty image");
+    if (img->w > MS_IMAGE_MAX_SIDE || img->h > MS_IMAGE_MAX_SIDE)
+        return ms_errf(err, err_size, "image preprocessing: %dx%d image exceeds %d per side",
+                       img->w, img->h, MS_IMAGE_MAX_SIDE);
     int size = cfg->size, w = img->w, h = img->h;
     float lut[3][256];
     for (int c = 0; c < 3; c++)
@@ -873,7 +912,8 @@ int ms_image_preprocess_decoded(const ms_image *img, const ms_preprocess_cfg *cf
             ox0 = (out_w - size) / 2;
         }
         break;
-    case MS_FIT_STRETCH: break;
+    case MS_FIT_STRETCH:
+        break;
     }
     s_sink sk = {NULL, out, (const float(*)[256])lut};
     s_resize_view(&v, out_w, out_h, ox0, oy0, size, size, &sk);
@@ -885,10 +925,12 @@ int ms_image_preprocess(const uint8_t *data, size_t len, const ms_preprocess_cfg
     if (s_check_cfg(cfg, err, err_size)) return -1;
     size_t max_bytes = cfg->max_bytes ? cfg->max_bytes : MS_IMAGE_MAX_BYTES_DEFAULT;
     if (len > max_bytes)
-        return ms_errf(err, err_size, "image is %zu bytes, over the %zu-byte limit", len, max_bytes);
+        return ms_errf(err, err_size, "image is %zu bytes, over the %zu-byte limit", len,
+                       max_bytes);
     s_target t = {cfg->size, cfg->fit};
     ms_image img;
-    if (s_decode(data, len, cfg->max_pixels, cfg->jpeg_full_decode ? NULL : &t, &img, err, err_size))
+    if (s_decode(data, len, cfg->max_pixels, cfg->jpeg_full_decode ? NULL : &t, &img, err,
+                 err_size))
         return -1;
     int rc = ms_image_preprocess_decoded(&img, cfg, out, err, err_size);
     ms_image_fini(&img);

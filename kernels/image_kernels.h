@@ -17,11 +17,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MS_IMAGE_PREC   22                       /* Pillow's PRECISION_BITS (32 - 8 - 2) */
+#define MS_IMAGE_PREC   22                         /* Pillow's PRECISION_BITS (32 - 8 - 2) */
 #define MS_IMAGE_HALF   (1 << (MS_IMAGE_PREC - 1)) /* rounding term */
-#define MS_IMAGE_KSPLIT 11                       /* weight split for 16-bit multiplies */
+#define MS_IMAGE_KSPLIT 11                         /* weight split for 16-bit multiplies */
 #define MS_IMAGE_KLO    ((1 << MS_IMAGE_KSPLIT) - 1)
-#define MS_IMAGE_KALIGN 8                        /* kstride is a multiple of this */
+#define MS_IMAGE_KALIGN 8 /* kstride is a multiple of this */
 
 /* One axis of a resize, for a window of its outputs. The input axis is
  * virtual: pad_lo constant samples, then the real ones, then constant ones;
@@ -48,8 +48,8 @@ typedef enum ms_image_kvec_layout {
  * carries the padding, and (for SIMD kernels) the weights as int16 pairs. */
 typedef struct ms_image_hplan {
     const ms_image_axis *ax; /* the horizontal axis */
-    int32_t *bias;           /* (n, 4) MS_IMAGE_HALF + pad colour * kpad per channel; 32-byte aligned */
-    void *kvec;              /* (n, kstride) 16-byte units in the kernel's layout; 32-byte aligned */
+    int32_t *bias; /* (n, 4) MS_IMAGE_HALF + pad colour * kpad per channel; 32-byte aligned */
+    void *kvec;    /* (n, kstride) 16-byte units in the kernel's layout; 32-byte aligned */
 } ms_image_hplan;
 
 static inline uint8_t ms_image_clip8(int32_t v) {
@@ -81,7 +81,8 @@ static inline void ms_image_vpass_range(uint8_t *out, const uint8_t *const *rows
                                         int ntaps, int x0, int x1) {
     for (int x = x0; x < x1; x++) {
         int32_t s = MS_IMAGE_HALF;
-        for (int t = 0; t < ntaps; t++) s += rows[t][x] * k[t];
+        for (int t = 0; t < ntaps; t++)
+            s += rows[t][x] * k[t];
         out[x] = ms_image_clip8(s);
     }
 }

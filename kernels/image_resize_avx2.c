@@ -25,9 +25,9 @@ static inline __m256i hsum_px(const uint8_t *in, const ms_image_hplan *hp, int i
     int nb = (ax->count[i] + 7) >> 3;
     __m256i hi = _mm256_setzero_si256(), lo = _mm256_setzero_si256();
     for (int b = 0; b < nb; b++, p += 24, kv += 4) {
-        __m256i v = _mm256_inserti128_si256(
-            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p)),
-            _mm_loadu_si128((const __m128i *)(p + 12)), 1);
+        __m256i v =
+            _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p)),
+                                    _mm_loadu_si128((const __m128i *)(p + 12)), 1);
         __m256i a = _mm256_shuffle_epi8(v, sh0), c = _mm256_shuffle_epi8(v, sh1);
         hi = _mm256_add_epi32(hi, _mm256_madd_epi16(a, kv[0]));
         lo = _mm256_add_epi32(lo, _mm256_madd_epi16(a, kv[1]));
@@ -49,8 +49,9 @@ static inline int fits(const ms_image_axis *ax, int i, int w) {
 void ms_image_hpass_avx2(uint8_t *out, const uint8_t *in, int w, const ms_image_hplan *hp) {
     const __m256i sh0 = _mm256_setr_epi8(0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1, -1, -1, -1, -1,
                                          0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1, -1, -1, -1, -1);
-    const __m256i sh1 = _mm256_setr_epi8(6, -1, 9, -1, 7, -1, 10, -1, 8, -1, 11, -1, -1, -1, -1, -1,
-                                         6, -1, 9, -1, 7, -1, 10, -1, 8, -1, 11, -1, -1, -1, -1, -1);
+    const __m256i sh1 =
+        _mm256_setr_epi8(6, -1, 9, -1, 7, -1, 10, -1, 8, -1, 11, -1, -1, -1, -1, -1, 6, -1, 9, -1,
+                         7, -1, 10, -1, 8, -1, 11, -1, -1, -1, -1, -1);
     const ms_image_axis *ax = hp->ax;
     int i = 0;
     for (; i + 1 < ax->n; i += 2) {
@@ -70,7 +71,8 @@ void ms_image_hpass_avx2(uint8_t *out, const uint8_t *in, int w, const ms_image_
                       (uint64_t)(uint32_t)_mm256_extract_epi32(s, 4) << 24;
         memcpy(out + 3 * (size_t)i, &px, 6); /* little-endian: R G B R G B */
     }
-    for (; i < ax->n; i++) ms_image_hpass_px(out, in, hp, i);
+    for (; i < ax->n; i++)
+        ms_image_hpass_px(out, in, hp, i);
 }
 
 static inline uint32_t pair16(int32_t a, int32_t b) {

@@ -46,7 +46,9 @@ static ms_preprocess_cfg s_cfg(int size, ms_image_fit fit, bool full) {
     return c;
 }
 
-static const char *s_dir(void) { return ms_test_path(ms_test_source_dir(), "tests/data/images"); }
+static const char *s_dir(void) {
+    return ms_test_path(ms_test_source_dir(), "tests/data/images");
+}
 
 static uint8_t *s_load(const char *name, size_t *len) {
     char err[MS_ERR_SIZE], path[4096];
@@ -58,7 +60,8 @@ static uint8_t *s_load(const char *name, size_t *len) {
 
 static uint64_t s_fnv1a64(const uint8_t *p, size_t n) {
     uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 0x100000001b3ull;
     return h;
 }
 
@@ -79,7 +82,8 @@ static int s_each_case(const char *kind, void (*fn)(char **f, int n)) {
         if (line[0] == '#') continue;
         char *f[8], *s2 = NULL;
         int n = 0;
-        for (char *t = strtok_r(line, " ", &s2); t && n < 8; t = strtok_r(NULL, " ", &s2)) f[n++] = t;
+        for (char *t = strtok_r(line, " ", &s2); t && n < 8; t = strtok_r(NULL, " ", &s2))
+            f[n++] = t;
         if (n == 0 || strcmp(f[0], kind)) continue;
         fn(f, n);
         cases++;
@@ -100,9 +104,11 @@ static void s_decode_case(char **f, int n) {
     cr_assert(im.w == atoi(f[2]) && im.h == atoi(f[3]), "%s: %dx%d", f[1], im.w, im.h);
     cr_assert_eq(rlen, (size_t)im.w * im.h * 3);
     int maxdiff = atoi(f[5]), worst = 0;
-    for (size_t i = 0; i < rlen; i++) worst = MS_MAX(worst, abs((int)im.rgb[i] - (int)ref[i]));
+    for (size_t i = 0; i < rlen; i++)
+        worst = MS_MAX(worst, abs((int)im.rgb[i] - (int)ref[i]));
     cr_log_info("%s: max difference from PIL %d", f[1], worst);
-    cr_assert(worst <= maxdiff, "%s: differs from PIL by %d levels (allowed %d)", f[1], worst, maxdiff);
+    cr_assert(worst <= maxdiff, "%s: differs from PIL by %d levels (allowed %d)", f[1], worst,
+              maxdiff);
     ms_image_fini(&im);
     cr_assert_null(im.rgb);
     free(d);
@@ -167,7 +173,8 @@ static void s_resize_case(char **f, int n) {
     cr_assert(out.w == w && out.h == h);
     cr_assert_eq(rlen, (size_t)w * h * 3);
     size_t bad = 0;
-    for (size_t i = 0; i < rlen; i++) bad += out.rgb[i] != ref[i];
+    for (size_t i = 0; i < rlen; i++)
+        bad += out.rgb[i] != ref[i];
     cr_assert_eq(bad, 0, "%s -> %dx%d: %zu samples differ from PIL", f[1], w, h, bad);
     ms_image_fini(&out);
     ms_image_fini(&im);
@@ -231,7 +238,8 @@ Test(image, resize_rejects_bad_sizes, .timeout = 10) {
     ms_image empty = {0, 0, NULL};
     cr_assert_eq(ms_image_resize(&empty, 5, 5, &out), -1);
     cr_assert_eq(ms_image_resize(&src, 4, 3, &out), 0);
-    for (int i = 0; i < 12; i++) cr_assert_eq(out.rgb[3 * i], 1); /* upscaling a constant */
+    for (int i = 0; i < 12; i++)
+        cr_assert_eq(out.rgb[3 * i], 1); /* upscaling a constant */
     ms_image_fini(&out);
 }
 
@@ -306,6 +314,40 @@ Test(image, pad_colour_and_placement, .timeout = 10) {
     }
 }
 
+/* The widest and tallest images allowed, through every fit mode: the padded
+ * canvas (65535 x 65535) and the CROP resize (65535 x 22 million) are never
+ * materialised, so this is fast; PAD gives mostly pad colour. */
+Test(image, extreme_aspect_ratios, .timeout = 30) {
+    size_t n = MS_IMAGE_MAX_SIDE;
+    uint8_t *px = malloc(3 * n);
+    for (size_t i = 0; i < 3 * n; i++)
+        px[i] = (uint8_t)(i * 7);
+    float *out = malloc(3 * 64 * 64 * sizeof *out);
+    char err[MS_ERR_SIZE];
+    for (int tall = 0; tall < 2; tall++) {
+        ms_image img = {tall ? 1 : (int)n, tall ? (int)n : 1, px};
+        for (int fit = 0; fit < 3; fit++) {
+            ms_preprocess_cfg c = s_cfg(64, (ms_image_fit)fit, true);
+            double t0 = ms_now_s();
+            cr_assert_eq(ms_image_preprocess_decoded(&img, &c, out, err, sizeof err), 0, "%s", err);
+            cr_assert(ms_now_s() - t0 < 2.0, "%dx%d fit %d took %.2f s", img.w, img.h, fit,
+                      ms_now_s() - t0);
+            for (int i = 0; i < 3 * 64 * 64; i++)
+                cr_assert(isfinite(out[i]) && fabsf(out[i]) < 3);
+        }
+        ms_preprocess_cfg c = s_cfg(64, MS_FIT_PAD, true);
+        cr_assert_eq(ms_image_preprocess_decoded(&img, &c, out, err, sizeof err), 0, "%s", err);
+        float pad0 = ((float)(122 / 255.0) - s_clip_mean[0]) / s_clip_std[0];
+        cr_assert_float_eq(out[0], pad0, 1e-6); /* a corner is pad */
+    }
+    ms_image big = {(int)n + 1, 1, px};
+    ms_preprocess_cfg c = s_cfg(64, MS_FIT_PAD, true);
+    cr_assert_eq(ms_image_preprocess_decoded(&big, &c, out, err, sizeof err), -1);
+    cr_assert(strstr(err, "exceeds"), "%s", err);
+    free(out);
+    free(px);
+}
+
 /* DCT scaling (the default) stays within TOL_DCT_* of the full decode, and
  * is really used where the margin allows it. */
 Test(image, dct_scaling_within_tolerance, .timeout = 60) {
@@ -316,8 +358,8 @@ Test(image, dct_scaling_within_tolerance, .timeout = 60) {
         ms_image_fit fit;
         bool scaled; /* 1024x768 leaves room for a DCT scale at this target */
     } cases[] = {
-        {336, MS_FIT_PAD, false}, {224, MS_FIT_PAD, true},   {224, MS_FIT_CROP, false},
-        {112, MS_FIT_PAD, true},  {112, MS_FIT_CROP, true},  {64, MS_FIT_PAD, true},
+        {336, MS_FIT_PAD, false}, {224, MS_FIT_PAD, true},    {224, MS_FIT_CROP, false},
+        {112, MS_FIT_PAD, true},  {112, MS_FIT_CROP, true},   {64, MS_FIT_PAD, true},
         {64, MS_FIT_CROP, true},  {64, MS_FIT_STRETCH, true},
     };
     for (size_t i = 0; i < MS_ARRAY_LEN(cases); i++) {
@@ -325,12 +367,14 @@ Test(image, dct_scaling_within_tolerance, .timeout = 60) {
         size_t nf = 3 * (size_t)size * size;
         float *full = malloc(nf * sizeof *full), *fast = malloc(nf * sizeof *fast);
         char err[MS_ERR_SIZE];
-        ms_preprocess_cfg cf = s_cfg(size, cases[i].fit, true), cs = s_cfg(size, cases[i].fit, false);
+        ms_preprocess_cfg cf = s_cfg(size, cases[i].fit, true),
+                          cs = s_cfg(size, cases[i].fit, false);
         cr_assert_eq(ms_image_preprocess(d, len, &cf, full, err, sizeof err), 0, "%s", err);
         cr_assert_eq(ms_image_preprocess(d, len, &cs, fast, err, sizeof err), 0, "%s", err);
         double max_err, mean;
         s_compare(fast, full, nf, &max_err, &mean);
-        cr_log_info("DCT scaling, %d fit %d: max %.4f mean %.5f", size, cases[i].fit, max_err, mean);
+        cr_log_info("DCT scaling, %d fit %d: max %.4f mean %.5f", size, cases[i].fit, max_err,
+                    mean);
         cr_assert(max_err <= TOL_DCT_MAX && mean <= TOL_DCT_MEAN, "%d/%d: max %.4f mean %.5f", size,
                   cases[i].fit, max_err, mean);
         cr_assert_eq(max_err > 0, cases[i].scaled, "%d/%d: scaled decode %s", size, cases[i].fit,
@@ -355,7 +399,8 @@ Test(image, fit_modes_differ, .timeout = 30) {
     }
     cr_assert_neq(memcmp(o[0], o[1], 3 * 48 * 48 * sizeof(float)), 0);
     cr_assert_neq(memcmp(o[1], o[2], 3 * 48 * 48 * sizeof(float)), 0);
-    for (int m = 0; m < 3; m++) free(o[m]);
+    for (int m = 0; m < 3; m++)
+        free(o[m]);
     free(d);
 }
 
@@ -372,7 +417,8 @@ static void s_expect_reject(const uint8_t *d, size_t len, const char *word, cons
 
 Test(image, rejects_garbage, .timeout = 30) {
     static const uint8_t text[] = "hello, this is not an image at all";
-    s_expect_reject(text, sizeof text - 1, "unrecognised image format (first bytes 68 65 6c", "text");
+    s_expect_reject(text, sizeof text - 1, "unrecognised image format (first bytes 68 65 6c",
+                    "text");
     s_expect_reject(text, 0, "empty", "zero bytes");
     s_expect_reject((const uint8_t *)"GIF89a\1\0\1\0", 10, "GIF", "gif");
     s_expect_reject((const uint8_t *)"\xff\xd8\xff\xe0", 4, "JPEG", "bare JPEG magic");
@@ -396,9 +442,10 @@ Test(image, rejects_garbage, .timeout = 30) {
 
 /* Every proper prefix of a valid file is rejected, with the format named. */
 Test(image, rejects_every_prefix, .timeout = 120) {
-    static const char *files[] = {"j_64x48_420.jpg",   "j_45x33_prog.jpg",       "p_40x30_rgb.png",
-                                  "p_40x30_interlaced.png", "w_40x30_lossy.webp",
-                                  "w_40x30_lossless.webp",  "w_40x30_lossy_alpha.webp"};
+    static const char *files[] = {"j_64x48_420.jpg",         "j_45x33_prog.jpg",
+                                  "p_40x30_rgb.png",         "p_40x30_interlaced.png",
+                                  "w_40x30_lossy.webp",      "w_40x30_lossless.webp",
+                                  "w_40x30_lossy_alpha.webp"};
     static const char *fmt[] = {"JPEG", "JPEG", "PNG", "PNG", "WebP", "WebP", "WebP"};
     for (size_t f = 0; f < MS_ARRAY_LEN(files); f++) {
         size_t len;
@@ -480,7 +527,8 @@ Test(image, bench, .timeout = 300) {
         double best = 1e30;
         for (int rep = 0; rep < 3; rep++) {
             double t0 = ms_now_s();
-            for (int i = 0; i < runs; i++) ms_image_preprocess(d, len, &c, out, err, sizeof err);
+            for (int i = 0; i < runs; i++)
+                ms_image_preprocess(d, len, &c, out, err, sizeof err);
             best = MS_MIN(best, (ms_now_s() - t0) / runs);
         }
         printf("image-bench mode=%s size=%d ms=%.3f\n", full ? "full-decode" : "dct-scaling", size,

@@ -321,6 +321,11 @@ def generate(out):
     W.pre("p_50x170_tall.png", "crop", 32)
     W.pre("p_50x170_tall.png", "stretch", 32)
     W.pre("p_50x170_tall.png", "pad", 32)
+    # Extreme aspect ratios: padding dominates (PAD), huge upscale along one axis (CROP).
+    for w, h in ((1000, 1), (1, 1000)):
+        name = W.image(f"p_{w}x{h}.png", photo(w, h, 23))
+        for fit in ("pad", "crop", "stretch"):
+            W.pre(name, fit, 32)
 
     # Rejections: decompression bombs, zero sizes (headers only).
     W.reject("bomb_100000x100000.png", png_header_only(100000, 100000), "limit")
