@@ -30,9 +30,11 @@
  * Speed: coefficients are computed once per output row/column; the
  * horizontal pass streams source rows through a ring buffer that the
  * vertical pass reads, so the working set stays in cache. On x86 the passes
- * use 16-bit multiply-adds (SSE2 pmaddwd, SSSE3 pshufb) on the 22-bit
- * coefficients split into high and low parts, which keeps the sums exact.
- * JPEGs can be decoded with libjpeg-turbo's DCT scaling (see image.h).
+ * use 16-bit multiply-adds (SSE2/SSSE3 here, AVX2 in image_resize_avx2.c,
+ * picked at run time) on the 22-bit coefficients split into high and low
+ * parts, which keeps the sums exact (image_kernels.h). JPEGs can be decoded
+ * with libjpeg-turbo's DCT scaling (see image.h; its error against the full
+ * decode is measured and bounded in tests/test_image.c).
  */
 #include "image.h"
 
@@ -40,7 +42,6 @@
 #include "ms_common.h"
 
 #include <assert.h>
-#include <limits.h>
 #include <math.h>
 #include <png.h>
 #include <setjmp.h>

@@ -49,20 +49,32 @@ typedef struct ms_preprocess_cfg {
 } ms_preprocess_cfg;
 
 /* Decodes JPEG, PNG or WebP (sniffed from the bytes) to RGB8. Alpha is
- * dropped; greyscale and palette are expanded.
- * Returns 0, or -1 with a message in err. */
+ * dropped; greyscale and palette are expanded. The pixels equal PIL's
+ * Image.open(f).convert("RGB") (tests/test_image.c), CMYK JPEGs included,
+ * except 16-bit greyscale PNGs, which PIL clips to 255 and we cut to their
+ * high byte. Truncated files (a JPEG without its end-of-image marker, a PNG
+ * without IEND), animated WebP and other formats are rejected. max_pixels
+ * 0 = MS_IMAGE_MAX_PIXELS_DEFAULT; checked from the header before decoding.
+ * Returns 0, or -1 with a message in err (naming the format and the problem). */
 int ms_image_decode(const uint8_t *data, size_t len, uint64_t max_pixels, ms_image *out,
                     char *err, size_t err_size);
 void ms_image_fini(ms_image *img);
 
 /* Bicubic resize of RGB8 with PIL's filter (a = -0.5, support scaled when
- * downsampling, i.e. antialiased), rounding to uint8 like PIL. */
+ * downsampling, i.e. antialiased), rounding to uint8 like PIL: bit-identical
+ * to Pillow 13's Image.resize(size, Image.BICUBIC), pass order included.
+ * out is initialised (free with ms_image_fini). Returns 0, or -1 for sizes
+ * outside [1, MS_IMAGE_MAX_OUT_SIDE] or an empty/oversized src. */
 int ms_image_resize(const ms_image *src, int w, int h, ms_image *out);
 
 /* The whole preprocessing stage: decode, make square per cfg->fit, resize to
  * cfg->size, normalise to ((x/255) - mean) / std. out holds
  * 3 * size * size floats, planar CHW (channel-major), as the patch embedding
- * expects. Returns 0 or -1 + err. */
+ * expects. PAD pads with int(mean * 255) per channel, as LLaVA's
+ * expand2square (122, 116, 104 for CLIP); CROP is HF CLIPImageProcessor's
+ * shortest-edge resize + centre crop. With cfg->jpeg_full_decode the result
+ * equals the PIL/HF reference (tools/image_reference.py) to float rounding.
+ * Returns 0 or -1 + err. */
 int ms_image_preprocess(const uint8_t *data, size_t len, const ms_preprocess_cfg *cfg, float *out,
                         char *err, size_t err_size);
 

@@ -7,8 +7,10 @@
 `generate` writes small fixture images (JPEG, PNG incl. palette/alpha/grey/16-bit,
 WebP, odd sizes such as 333x517, 1x1, 7x3), what PIL makes of them, and
 decompression-bomb headers, into tests/data/images/, plus the manifest that
-tests/test_image.c reads. Everything is deterministic; the outputs are committed
-so the tests run without Python.
+tests/test_image.c reads, and the seeds of tests/fuzz/fuzz_image.c into
+tests/fuzz/corpus/image/. Everything is deterministic; the outputs are committed
+so the tests run without Python. `bench` times PIL (+ numpy, as HF does) and
+modserve on the same image in the same run (the C side is the image/bench test).
 
 The reference semantics (kernels/image.c implements the same):
   decode      Image.open(f).convert("RGB")
