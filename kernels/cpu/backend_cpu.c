@@ -1,19 +1,16 @@
 /* backend_cpu.c — the fast CPU backend ("cpu"): a persistent thread pool
- * (threadpool.h) around the kernels of ops_cpu.h (AVX2 where the CPU has it,
- * portable C otherwise).
- *
- * Kernels: AVX-512 + VNNI matmuls where the CPU has them, else AVX2/FMA,
- * else portable C (ms_backend_cpu_new_isa picks one explicitly; the chosen
- * set is named by ms_backend_cpu_isa_name).
+ * (threadpool.h) around the kernels of ops_cpu.h: AVX-512 + VNNI matmuls where
+ * the CPU has them, else AVX2/FMA, else portable C (ms_backend_cpu_new_isa
+ * picks a set explicitly; ms_backend_cpu_isa_name names the one in use).
  *
  * How work is split (docs/kernels.md has the details and the reasons):
- *   matmul      quantized weights (Q8_0, Q4_0, Q4_K): the activation rows are first
- *               quantized to int8 blocks of 32 (scratch owned by the backend).
+ *   matmul      quantized weights: the activation rows are first quantized
+ *               into scratch owned by the backend (Q8_0/Q4_0: int8 blocks of
+ *               32; Q4_K: int8 with one scale per 256 and sums per 32).
  *               Then tasks = (row chunk) x (column chunk) of y; a task walks
  *               its columns in cache blocks (about MS_CPU_MM_WBLOCK_BYTES of
  *               weights) and, inside each, all its rows in register tiles, so
- *               a weight is read from memory once per task. Q4_K weights
- *               use Q8_K-style activations (one scale per 256, sums per 32).
+ *               a weight is read from memory once per task.
  *   attention   tasks over (query, head) pairs.
  *   row ops     tasks over rows; elementwise ops over chunks of
  *               MS_CPU_EW_CHUNK floats; anything below MS_CPU_PAR_MIN_FLOATS
@@ -22,6 +19,9 @@
  *
  * A backend instance is used by one thread at a time (it owns scratch).
  */
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include "backend.h"
 #include "ms_common.h"
 #include "ops_cpu.h"
@@ -481,11 +481,21 @@ static const ms_backend_ops s_ops = {
     .set_rows = s_set_rows,
 };
 
+/* F16C through cpuid (leaf 1, ECX bit 29): clang 14 does not know the
+ * "f16c" feature string of __builtin_cpu_supports. */
+static bool s_cpu_has_f16c(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+#else
+    return false;
+#endif
+}
+
 static bool s_cpu_has_avx2(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && s_cpu_has_f16c();
 #else
     return false;
 #endif
