@@ -22,14 +22,14 @@
 #include "ms_common.h"
 #include "ms_test.h"
 
-#define BIG_NE0        4096                     /* f32 elements per row */
-#define BIG_NE1        4096                     /* rows: 4096 x 4096 x 4 B = 64 MiB */
-#define BIG_BYTES      ((size_t)BIG_NE0 * BIG_NE1 * sizeof(float))
-#define MIB            (1024.0 * 1024.0)
-#define OPEN_RSS_MAX   (8.0 * MIB)              /* RSS growth allowed for opening the file */
-#define PAGE_STRIDE    1024                     /* floats per 4 KiB page */
-#define KV_SMALL       64                       /* kv_max_tokens of the bounded engine */
-#define KV_BLOCK       16                       /* its block size */
+#define BIG_NE0      4096 /* f32 elements per row */
+#define BIG_NE1      4096 /* rows: 4096 x 4096 x 4 B = 64 MiB */
+#define BIG_BYTES    ((size_t)BIG_NE0 * BIG_NE1 * sizeof(float))
+#define MIB          (1024.0 * 1024.0)
+#define OPEN_RSS_MAX (8.0 * MIB) /* RSS growth allowed for opening the file */
+#define PAGE_STRIDE  1024        /* floats per 4 KiB page */
+#define KV_SMALL     64          /* kv_max_tokens of the bounded engine */
+#define KV_BLOCK     16          /* its block size */
 
 /* VmRSS of this process in bytes (the test fails if it cannot be read). */
 static double s_rss(void) {
@@ -46,7 +46,9 @@ static double s_rss(void) {
 }
 
 /* The value stored at element i of the big tensor (exact in f32). */
-static float s_pattern(size_t i) { return (float)(i % 1000003u) * 0.25f; }
+static float s_pattern(size_t i) {
+    return (float)(i % 1000003u) * 0.25f;
+}
 
 /* Writes a GGUF holding one 64 MiB f32 tensor "big" to path, in a child
  * process, so the writer's copy of the data never enters this process. */
@@ -56,7 +58,8 @@ static void s_write_big(const char *path) {
     if (pid == 0) {
         float *data = malloc(BIG_BYTES);
         if (!data) _exit(3);
-        for (size_t i = 0; i < (size_t)BIG_NE0 * BIG_NE1; i++) data[i] = s_pattern(i);
+        for (size_t i = 0; i < (size_t)BIG_NE0 * BIG_NE1; i++)
+            data[i] = s_pattern(i);
         ms_gguf_writer *w = ms_gguf_writer_new();
         ms_gguf_set_str(w, "general.architecture", "test");
         int64_t ne[2] = {BIG_NE0, BIG_NE1};
@@ -70,20 +73,22 @@ static void s_write_big(const char *path) {
     }
     int status = 0;
     cr_assert_eq(waitpid(pid, &status, 0), pid);
-    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "writing %s failed (status %d)",
-              path, status);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "writing %s failed (status %d)", path,
+              status);
 }
 
 /* Sums elements [from, to) of t, reading every element (touches their pages). */
 static double s_sum(const float *x, size_t from, size_t to) {
     double s = 0;
-    for (size_t i = from; i < to; i++) s += x[i];
+    for (size_t i = from; i < to; i++)
+        s += x[i];
     return s;
 }
 
 static double s_expected_sum(size_t from, size_t to) {
     double s = 0;
-    for (size_t i = from; i < to; i++) s += s_pattern(i);
+    for (size_t i = from; i < to; i++)
+        s += s_pattern(i);
     return s;
 }
 
@@ -122,14 +127,16 @@ Test(memory, weights_are_mapped_not_copied, .timeout = 120) {
 
     /* Touch one float per page of the second half: now the whole tensor is resident. */
     volatile float sink = 0;
-    for (size_t i = n / 2; i < n; i += PAGE_STRIDE) sink += x[i];
+    for (size_t i = n / 2; i < n; i += PAGE_STRIDE)
+        sink += x[i];
     (void)sink;
     double rss3 = s_rss();
     cr_assert(rss3 - rss1 > 0.75 * (double)BIG_BYTES && rss3 - rss1 < 1.25 * (double)BIG_BYTES,
               "touching all %.0f MiB grew RSS by %.1f MiB", BIG_BYTES / MIB, (rss3 - rss1) / MIB);
 
-    cr_log_info("RSS growth: open %.1f MiB, half read %.1f MiB, all touched %.1f MiB (file %.0f MiB)",
-                (rss1 - rss0) / MIB, (rss2 - rss1) / MIB, (rss3 - rss1) / MIB, BIG_BYTES / MIB);
+    cr_log_info(
+        "RSS growth: open %.1f MiB, half read %.1f MiB, all touched %.1f MiB (file %.0f MiB)",
+        (rss1 - rss0) / MIB, (rss2 - rss1) / MIB, (rss3 - rss1) / MIB, BIG_BYTES / MIB);
 
     /* Closing unmaps: the pages leave this process's RSS. */
     ms_gguf_close(&g);
@@ -142,7 +149,8 @@ Test(memory, weights_are_mapped_not_copied, .timeout = 120) {
 }
 
 static void s_prompt(int32_t *ids, int n, int n_vocab) {
-    for (int i = 0; i < n; i++) ids[i] = 1 + (i * 7) % (n_vocab - 1);
+    for (int i = 0; i < n; i++)
+        ids[i] = 1 + (i * 7) % (n_vocab - 1);
 }
 
 /* ---- the same through the engine ------------------------------------------
@@ -152,7 +160,7 @@ static void s_prompt(int32_t *ids, int n, int n_vocab) {
  * weights, brings them in. */
 #define WIDE_EMBD  512
 #define WIDE_FF    1536
-#define WIDE_LAYER 4  /* 4 x (4·512² + 3·512·1536) x 4 B = 52 MiB of layer weights */
+#define WIDE_LAYER 4 /* 4 x (4·512² + 3·512·1536) x 4 B = 52 MiB of layer weights */
 
 static void s_write_wide_model(const char *dir) {
     pid_t pid = fork();
@@ -202,7 +210,8 @@ Test(memory, engine_maps_weights_and_touches_them_on_use, .timeout = 120) {
     double rss1 = s_rss();
     cr_assert_lt(rss1 - rss0, 0.25 * layer_bytes,
                  "making the engine grew RSS by %.1f MiB for %.1f MiB of layer weights: "
-                 "weights were read or copied", (rss1 - rss0) / MIB, layer_bytes / MIB);
+                 "weights were read or copied",
+                 (rss1 - rss0) / MIB, layer_bytes / MIB);
 
     int32_t ids[8];
     s_prompt(ids, 8, ms_engine_n_vocab(e));
@@ -324,17 +333,20 @@ Test(memory, kv_blocks_are_shared_out_and_returned, .timeout = 60) {
 
     /* A batch decode where every sequence needs a new block fails as a whole. */
     int32_t toks[KV_SMALL / KV_BLOCK];
-    for (int i = 0; i < total; i++) toks[i] = ids[i];
+    for (int i = 0; i < total; i++)
+        toks[i] = ids[i];
     float *logits = ms_xmalloc((size_t)total * (size_t)n_vocab * sizeof(float));
     cr_assert_eq(ms_engine_decode(e, seqs, toks, total, logits, err, sizeof err), -1);
-    for (int i = 0; i < total; i++) cr_assert_eq(seqs[i]->n_past, KV_BLOCK);
+    for (int i = 0; i < total; i++)
+        cr_assert_eq(seqs[i]->n_past, KV_BLOCK);
 
     /* Free one: its block serves the waiting sequence. */
     ms_engine_seq_free(e, &seqs[0]);
     cr_assert_eq(ms_engine_kv_free_blocks(e), 1);
-    cr_assert_eq(ms_engine_prefill(e, seqs[total], ids, 1, NULL, 0, NULL, err, sizeof err), 0,
-                 "%s", err);
-    for (int i = 1; i <= total; i++) ms_engine_seq_free(e, &seqs[i]);
+    cr_assert_eq(ms_engine_prefill(e, seqs[total], ids, 1, NULL, 0, NULL, err, sizeof err), 0, "%s",
+                 err);
+    for (int i = 1; i <= total; i++)
+        ms_engine_seq_free(e, &seqs[i]);
     cr_assert_eq(ms_engine_kv_free_blocks(e), total);
     free(logits);
     ms_engine_destroy(&e);

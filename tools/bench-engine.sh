@@ -83,7 +83,9 @@ rm -f "$OUT/llamacpp.json"
 if [ "$LLAMACPP" = 1 ]; then
   echo "bench-engine: llama.cpp on the same files" >&2
   python3 tools/bench_llamacpp.py -m "$LM" --mmproj "$MM" --image "$IMAGE" "${COMMON[@]}" \
-    --kv "$KV" --json "$OUT/llamacpp.json"
+    --kv "$KV" --json "$OUT/llamacpp.json" ||
+    { echo "bench-engine: the llama.cpp run failed: llama.cpp not measured" >&2;
+      rm -f "$OUT/llamacpp.json"; }
 fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 

@@ -39,56 +39,56 @@
 #include "engine.h"
 #include "ms_common.h"
 
-#define MS_BENCH_MAX_THREADS       64      /* entries in -t */
-#define MS_BENCH_MAX_BATCHES       16      /* entries in --batch */
-#define MS_BENCH_MAX_SEQS          256     /* largest decode batch */
-#define MS_BENCH_MAX_REPS          1000
-#define MS_BENCH_TOKEN_STRIDE      7919    /* synthetic token ids, see the file comment */
-#define MS_BENCH_SEQ_OFFSET        31      /* per-sequence offset of the synthetic ids */
-#define MS_BENCH_KV_SLACK_TOKENS   64      /* KV tokens beyond what the runs need, per sequence */
-#define MS_BENCH_MAX_IMAGE_BYTES   (64u * 1024u * 1024u)
+#define MS_BENCH_MAX_THREADS     64  /* entries in -t */
+#define MS_BENCH_MAX_BATCHES     16  /* entries in --batch */
+#define MS_BENCH_MAX_SEQS        256 /* largest decode batch */
+#define MS_BENCH_MAX_REPS        1000
+#define MS_BENCH_TOKEN_STRIDE    7919 /* synthetic token ids, see the file comment */
+#define MS_BENCH_SEQ_OFFSET      31   /* per-sequence offset of the synthetic ids */
+#define MS_BENCH_KV_SLACK_TOKENS 64   /* KV tokens beyond what the runs need, per sequence */
+#define MS_BENCH_MAX_IMAGE_BYTES (64u * 1024u * 1024u)
 
 typedef struct bench_opts {
-    const char *lm;                       /* -m */
-    const char *mmproj;                   /* --mmproj or NULL */
-    const char *image;                    /* --image or NULL */
-    const char *backend;                  /* --backend */
-    const char *json;                     /* --json or NULL */
-    int threads[MS_BENCH_MAX_THREADS];    /* -t, resolved ("all" = online cores) */
-    int n_threads;                        /* entries in threads */
-    int batches[MS_BENCH_MAX_BATCHES];    /* --batch */
-    int n_batches;                        /* entries in batches */
-    int prompt_tokens;                    /* --prompt-tokens */
-    int decode_tokens;                    /* --decode-tokens */
-    int reps;                             /* --reps */
+    const char *lm;                    /* -m */
+    const char *mmproj;                /* --mmproj or NULL */
+    const char *image;                 /* --image or NULL */
+    const char *backend;               /* --backend */
+    const char *json;                  /* --json or NULL */
+    int threads[MS_BENCH_MAX_THREADS]; /* -t, resolved ("all" = online cores) */
+    int n_threads;                     /* entries in threads */
+    int batches[MS_BENCH_MAX_BATCHES]; /* --batch */
+    int n_batches;                     /* entries in batches */
+    int prompt_tokens;                 /* --prompt-tokens */
+    int decode_tokens;                 /* --decode-tokens */
+    int reps;                          /* --reps */
 } bench_opts;
 
 /* Results of one thread count; negative = not measured. */
 typedef struct bench_run {
-    int threads;
-    double load_s;                        /* ms_engine_new, seconds */
-    double preprocess_ms;
-    double encode_ms;
-    double project_ms;
-    int image_tokens;
-    double prefill_tok_s;
-    double decode_tok_s[MS_BENCH_MAX_BATCHES]; /* per opts.batches entry */
-    double rss_mb;                        /* VmRSS after the run, MiB */
-    size_t kv_bytes;                      /* ms_engine_kv_bytes */
+    int threads;                               /* backend threads */
+    double load_s;                             /* ms_engine_new, seconds */
+    double preprocess_ms;                      /* per image, ms */
+    double encode_ms;                          /* ViT, per image, ms */
+    double project_ms;                         /* mlp, per image, ms */
+    int image_tokens;                          /* rows one image becomes */
+    double prefill_tok_s;                      /* prompt tokens per second */
+    double decode_tok_s[MS_BENCH_MAX_BATCHES]; /* per opts.batches entry, tokens/s */
+    double rss_mb;                             /* VmRSS after the run, MiB */
+    size_t kv_bytes;                           /* ms_engine_kv_bytes */
 } bench_run;
 
 /* State shared by the timed closures. */
 typedef struct bench_ctx {
     ms_engine *e;
     const bench_opts *o;
-    const uint8_t *img;   /* image bytes */
+    const uint8_t *img; /* image bytes */
     size_t img_len;
-    float *pixels;        /* image_floats */
-    float *features;      /* n_image_tokens * feature_dim */
-    float *embd;          /* n_image_tokens * n_embd */
-    float *logits;        /* MS_BENCH_MAX_SEQS * n_vocab */
-    int32_t *prompt;      /* prompt_tokens */
-    int n_seqs;           /* decode batch of the current measurement */
+    float *pixels;   /* image_floats */
+    float *features; /* n_image_tokens * feature_dim */
+    float *embd;     /* n_image_tokens * n_embd */
+    float *logits;   /* MS_BENCH_MAX_SEQS * n_vocab */
+    int32_t *prompt; /* prompt_tokens */
+    int n_seqs;      /* decode batch of the current measurement */
     char err[MS_ERR_SIZE];
 } bench_ctx;
 
@@ -120,12 +120,19 @@ static int s_parse_list(const char *s, bool allow_all, int *out, int cap, int *n
             char *end;
             errno = 0;
             v = strtol(tok, &end, 10);
-            if (errno || *end || v < 1 || v > 100000) { rc = -1; break; }
+            if (errno || *end || v < 1 || v > 100000) {
+                rc = -1;
+                break;
+            }
         }
         bool dup = false;
-        for (int i = 0; i < *n; i++) dup |= out[i] == v;
+        for (int i = 0; i < *n; i++)
+            dup |= out[i] == v;
         if (dup) continue;
-        if (*n == cap) { rc = -1; break; }
+        if (*n == cap) {
+            rc = -1;
+            break;
+        }
         out[(*n)++] = (int)v;
     }
     free(copy);
@@ -160,18 +167,26 @@ static int s_parse_args(int argc, char **argv, bench_opts *o) {
             fprintf(stderr, "modserve-bench-engine: %s needs a value (or is unknown)\n", a);
             return -1;
         }
-        if (strcmp(a, "-m") == 0 || strcmp(a, "--model") == 0) o->lm = v;
-        else if (strcmp(a, "--mmproj") == 0) o->mmproj = v;
-        else if (strcmp(a, "--image") == 0) o->image = v;
-        else if (strcmp(a, "--backend") == 0) o->backend = v;
-        else if (strcmp(a, "--json") == 0) o->json = v;
-        else if (strcmp(a, "-t") == 0 || strcmp(a, "--threads") == 0) threads = v;
-        else if (strcmp(a, "--batch") == 0) batches = v;
+        if (strcmp(a, "-m") == 0 || strcmp(a, "--model") == 0)
+            o->lm = v;
+        else if (strcmp(a, "--mmproj") == 0)
+            o->mmproj = v;
+        else if (strcmp(a, "--image") == 0)
+            o->image = v;
+        else if (strcmp(a, "--backend") == 0)
+            o->backend = v;
+        else if (strcmp(a, "--json") == 0)
+            o->json = v;
+        else if (strcmp(a, "-t") == 0 || strcmp(a, "--threads") == 0)
+            threads = v;
+        else if (strcmp(a, "--batch") == 0)
+            batches = v;
         else if (strcmp(a, "--prompt-tokens") == 0)
             ok = s_parse_int(v, 1, MS_ENGINE_MAX_BATCH_TOKENS, &o->prompt_tokens) == 0;
         else if (strcmp(a, "--decode-tokens") == 0)
             ok = s_parse_int(v, 1, 1 << 20, &o->decode_tokens) == 0;
-        else if (strcmp(a, "--reps") == 0) ok = s_parse_int(v, 1, MS_BENCH_MAX_REPS, &o->reps) == 0;
+        else if (strcmp(a, "--reps") == 0)
+            ok = s_parse_int(v, 1, MS_BENCH_MAX_REPS, &o->reps) == 0;
         else {
             fprintf(stderr, "modserve-bench-engine: unknown option %s\n", a);
             return -1;
@@ -291,15 +306,16 @@ static double s_time_decode(bench_ctx *c) {
     for (int s = 0; s < n; s++) {
         seqs[s] = ms_engine_seq_new(c->e);
         s_fill_prompt(c, s);
-        if (ms_engine_prefill(c->e, seqs[s], c->prompt, P, NULL, 0, NULL, c->err,
-                              sizeof c->err) != 0)
+        if (ms_engine_prefill(c->e, seqs[s], c->prompt, P, NULL, 0, NULL, c->err, sizeof c->err) !=
+            0)
             goto done;
     }
     for (int w = 0; w <= reps; w++) {
         double t0 = ms_now_s();
         for (int step = 0; step < D; step++) {
             int pos = P + w * D + step;
-            for (int s = 0; s < n; s++) toks[s] = s_token(pos + MS_BENCH_SEQ_OFFSET * s, n_vocab);
+            for (int s = 0; s < n; s++)
+                toks[s] = s_token(pos + MS_BENCH_SEQ_OFFSET * s, n_vocab);
             if (ms_engine_decode(c->e, seqs, toks, n, c->logits, c->err, sizeof c->err) != 0)
                 goto done;
         }
@@ -320,7 +336,8 @@ static int s_seq_tokens(const bench_opts *o) {
 
 static int s_max_batch(const bench_opts *o) {
     int m = 1;
-    for (int i = 0; i < o->n_batches; i++) m = MS_MAX(m, o->batches[i]);
+    for (int i = 0; i < o->n_batches; i++)
+        m = MS_MAX(m, o->batches[i]);
     return m;
 }
 
@@ -350,9 +367,10 @@ static int s_bench_threads(const bench_opts *o, int threads, const uint8_t *img,
     r->load_s = ms_now_s() - t0;
     r->kv_bytes = ms_engine_kv_bytes(e);
     if (s_seq_tokens(o) > ms_engine_n_ctx(e)) {
-        fprintf(stderr, "modserve-bench-engine: %d prompt + %d x %d decode tokens exceed the "
-                        "context of %d\n", o->prompt_tokens, o->reps + 1, o->decode_tokens,
-                ms_engine_n_ctx(e));
+        fprintf(stderr,
+                "modserve-bench-engine: %d prompt + %d x %d decode tokens exceed the "
+                "context of %d\n",
+                o->prompt_tokens, o->reps + 1, o->decode_tokens, ms_engine_n_ctx(e));
         ms_engine_destroy(&e);
         return -1;
     }
@@ -412,29 +430,37 @@ static void s_print_table(const bench_opts *o, const bench_run *runs, int n) {
     printf("\n");
     if (o->image) {
         printf("%-22s", "preprocess ms/image");
-        for (int i = 0; i < n; i++) printf(" %13.2f", runs[i].preprocess_ms);
+        for (int i = 0; i < n; i++)
+            printf(" %13.2f", runs[i].preprocess_ms);
         printf("\n%-22s", "encode ms/image");
-        for (int i = 0; i < n; i++) printf(" %13.2f", runs[i].encode_ms);
+        for (int i = 0; i < n; i++)
+            printf(" %13.2f", runs[i].encode_ms);
         printf("\n%-22s", "project ms/image");
-        for (int i = 0; i < n; i++) printf(" %13.2f", runs[i].project_ms);
+        for (int i = 0; i < n; i++)
+            printf(" %13.2f", runs[i].project_ms);
         printf("\n");
     }
     printf("%-22s", "prefill tok/s");
-    for (int i = 0; i < n; i++) printf(" %13.1f", runs[i].prefill_tok_s);
+    for (int i = 0; i < n; i++)
+        printf(" %13.1f", runs[i].prefill_tok_s);
     printf("\n");
     for (int b = 0; b < o->n_batches; b++) {
         char name[32];
         snprintf(name, sizeof name, "decode tok/s batch %d", o->batches[b]);
         printf("%-22s", name);
-        for (int i = 0; i < n; i++) printf(" %13.1f", runs[i].decode_tok_s[b]);
+        for (int i = 0; i < n; i++)
+            printf(" %13.1f", runs[i].decode_tok_s[b]);
         printf("\n");
     }
     printf("%-22s", "load s");
-    for (int i = 0; i < n; i++) printf(" %13.2f", runs[i].load_s);
+    for (int i = 0; i < n; i++)
+        printf(" %13.2f", runs[i].load_s);
     printf("\n%-22s", "RSS MiB");
-    for (int i = 0; i < n; i++) printf(" %13.1f", runs[i].rss_mb);
+    for (int i = 0; i < n; i++)
+        printf(" %13.1f", runs[i].rss_mb);
     printf("\n%-22s", "KV pool MiB");
-    for (int i = 0; i < n; i++) printf(" %13.1f", (double)runs[i].kv_bytes / (1024.0 * 1024.0));
+    for (int i = 0; i < n; i++)
+        printf(" %13.1f", (double)runs[i].kv_bytes / (1024.0 * 1024.0));
     printf("\n");
 }
 
@@ -480,8 +506,8 @@ static int s_write_json(const bench_opts *o, const bench_run *runs, int n) {
         rc = fputs(text, f) < 0 || fputc('\n', f) == EOF ? -1 : 0;
         if (fclose(f) != 0) rc = -1;
     }
-    if (rc != 0) fprintf(stderr, "modserve-bench-engine: cannot write %s: %s\n", o->json,
-                         strerror(errno));
+    if (rc != 0)
+        fprintf(stderr, "modserve-bench-engine: cannot write %s: %s\n", o->json, strerror(errno));
     free(text);
     return rc;
 }

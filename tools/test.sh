@@ -7,6 +7,7 @@
 #   tools/test.sh --quick    normal build only
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$PWD
 JOBS=$(nproc)
 
 tools/setup.sh build
@@ -15,7 +16,7 @@ tools/setup.sh build
 if [ "${1:-}" != "--quick" ]; then
   tools/setup.sh build-asan -DMS_SANITIZE=ON -DMS_CUDA=OFF
   (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-     LSAN_OPTIONS=suppressions="$PWD/tests/lsan.supp" \
+     LSAN_OPTIONS=suppressions="$ROOT/tests/lsan.supp" \
      ctest --output-on-failure -j"$JOBS" -L unit)
 fi
 echo "test.sh: all tests passed"
