@@ -165,15 +165,15 @@ int ms_wire_code_parse(const char *s, ms_wire_code *out) {
     return -1;
 }
 
-static const char *const s_finish_names[MS_FINISH_COUNT] = {"eog", "length", "stop", "cancel",
+static const char *const s_finish_names[MS_WIRE_FINISH_COUNT] = {"eog", "length", "stop", "cancel",
                                                             "timeout"};
 
 const char *ms_wire_finish_name(ms_wire_finish f) {
-    return ((unsigned)f < MS_FINISH_COUNT) ? s_finish_names[f] : "?";
+    return ((unsigned)f < MS_WIRE_FINISH_COUNT) ? s_finish_names[f] : "?";
 }
 
 int ms_wire_finish_parse(const char *s, ms_wire_finish *out) {
-    for (int i = 0; s && i < MS_FINISH_COUNT; i++)
+    for (int i = 0; s && i < MS_WIRE_FINISH_COUNT; i++)
         if (strcmp(s, s_finish_names[i]) == 0) {
             *out = (ms_wire_finish)i;
             return 0;

@@ -174,12 +174,12 @@ int ms_wire_code_parse(const char *s, ms_wire_code *out);
 
 /* Done.finish / TaskDone.finish. */
 typedef enum ms_wire_finish {
-    MS_FINISH_EOG = 0, /* "eog": the model ended the text */
-    MS_FINISH_LENGTH,  /* "length": max_tokens reached (or the context is full) */
-    MS_FINISH_STOP,    /* "stop": a stop string matched */
-    MS_FINISH_CANCEL,  /* "cancel": the producer cancelled */
-    MS_FINISH_TIMEOUT, /* "timeout": timeout_ms passed during generation */
-    MS_FINISH_COUNT
+    MS_WIRE_FINISH_EOG = 0, /* "eog": the model ended the text */
+    MS_WIRE_FINISH_LENGTH,  /* "length": max_tokens reached (or the context is full) */
+    MS_WIRE_FINISH_STOP,    /* "stop": a stop string matched */
+    MS_WIRE_FINISH_CANCEL,  /* "cancel": the producer cancelled */
+    MS_WIRE_FINISH_TIMEOUT, /* "timeout": timeout_ms passed during generation */
+    MS_WIRE_FINISH_COUNT
 } ms_wire_finish;
 
 const char *ms_wire_finish_name(ms_wire_finish f);

@@ -495,7 +495,7 @@ Test(wire, type_names, .timeout = 10) {
     cr_assert_eq(ms_wire_code_parse("nope", &c), -1);
     ms_wire_finish f;
     cr_assert_eq(ms_wire_finish_parse("length", &f), 0);
-    cr_assert_eq(f, MS_FINISH_LENGTH);
+    cr_assert_eq(f, MS_WIRE_FINISH_LENGTH);
     cr_assert_eq(ms_wire_finish_parse("LENGTH", &f), -1);
 }
 
