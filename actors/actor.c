@@ -127,10 +127,10 @@ int ms_actor_config_parse(ms_actor_config *c, int argc, char **argv, char *err, 
             if (!s_id_ok(c->id))
                 return ms_errf(err, err_size, "--id: '%s' (allowed: letters, digits, . _ : -)", v);
         } else if (IS("--stages")) {
-            const unsigned text = MS_STAGE_PREFILL | MS_STAGE_DECODE;
-            if (ms_registry_stages_parse(v, &c->stages) != 0 ||
-                (c->stages != MS_STAGE_ENCODE && c->stages != MS_STAGE_PREFILL &&
-                 c->stages != MS_STAGE_DECODE && c->stages != text && c->stages != MS_STAGE_ALL))
+            const unsigned text = MS_STAGES_PREFILL | MS_STAGES_DECODE;
+            if (ms_stages_parse(v, &c->stages, NULL, 0) != 0 ||
+                (c->stages != MS_STAGES_ENCODE && c->stages != MS_STAGES_PREFILL &&
+                 c->stages != MS_STAGES_DECODE && c->stages != text && c->stages != MS_STAGES_ALL))
                 return ms_errf(err, err_size,
                                "--stages: '%s' (encode, prefill, decode, prefill+decode or "
                                "encode+prefill+decode)",
@@ -197,9 +197,9 @@ int ms_actor_config_parse(ms_actor_config *c, int argc, char **argv, char *err, 
     if (!c->id[0]) return ms_errf(err, err_size, "--id is required");
     if (!have_stages && !c->stages) return ms_errf(err, err_size, "--stages is required");
     if (!c->lm_path[0]) return ms_errf(err, err_size, "--model is required");
-    if ((c->stages & MS_STAGE_ENCODE) && !c->mmproj_path[0])
+    if ((c->stages & MS_STAGES_ENCODE) && !c->mmproj_path[0])
         return ms_errf(err, err_size, "stages '%s' include encode: --mmproj is required",
-                       ms_registry_stages_str(c->stages, (char[MS_STAGES_STR_MAX]){0}));
+                       ms_stages_name(c->stages, (char[MS_STAGES_NAME_MAX]){0}, MS_STAGES_NAME_MAX));
     return 0;
 }
 
@@ -344,7 +344,7 @@ static void s_fill_info(ms_actor *a) {
         if (*c <= ' ' || *c > '~') *c = '_';
     in->pid = (int64_t)getpid();
     snprintf(in->device, sizeof in->device, "%s", a->cfg.device);
-    const bool text = a->cfg.stages & (MS_STAGE_PREFILL | MS_STAGE_DECODE);
+    const bool text = a->cfg.stages & (MS_STAGES_PREFILL | MS_STAGES_DECODE);
     in->capacity = text ? a->cfg.max_seqs
                         : (a->cfg.vit_batch > 0 ? a->cfg.vit_batch : MS_ENGINE_VIT_BATCH_DEFAULT);
     in->state = MS_ACTOR_UP;
@@ -356,12 +356,12 @@ ms_actor *ms_actor_new(const ms_actor_config *c, char *err, size_t err_size) {
     a->cfg = *c;
     if (a->cfg.max_seqs <= 0) a->cfg.max_seqs = MS_ACTOR_MAX_SEQS_DEFAULT;
     if (a->cfg.pull_timeout_ms <= 0) a->cfg.pull_timeout_ms = MS_ACTOR_PULL_TIMEOUT_MS;
-    const bool text = c->stages & (MS_STAGE_PREFILL | MS_STAGE_DECODE);
+    const bool text = c->stages & (MS_STAGES_PREFILL | MS_STAGES_DECODE);
     if (!c->stages || !c->id[0] || !c->lm_path[0]) {
         ms_errf(err, err_size, "actor: id, stages and model are required");
         goto fail;
     }
-    if ((c->stages & MS_STAGE_ENCODE) && !c->mmproj_path[0]) {
+    if ((c->stages & MS_STAGES_ENCODE) && !c->mmproj_path[0]) {
         ms_errf(err, err_size, "actor %s: the encode stage needs an mmproj", c->id);
         goto fail;
     }
@@ -377,13 +377,13 @@ ms_actor *ms_actor_new(const ms_actor_config *c, char *err, size_t err_size) {
     ep.vit_batch = c->vit_batch;
     a->eng = ms_engine_new(&ep, err, err_size);
     if (!a->eng) goto fail;
-    if ((c->stages & MS_STAGE_ENCODE) && !ms_engine_has_vision(a->eng)) {
+    if ((c->stages & MS_STAGES_ENCODE) && !ms_engine_has_vision(a->eng)) {
         ms_errf(err, err_size, "actor %s: %s has no vision model", c->id, c->mmproj_path);
         goto fail;
     }
     a->store = ms_featstore_new(c->store_bytes, c->store_ttl_ms);
     if (s_bind_data(a, err, err_size) != 0 || s_connect_ctrl(a, err, err_size) != 0) goto fail;
-    if (c->stages & MS_STAGE_ENCODE) a->enc = ms_encoder_new(a);
+    if (c->stages & MS_STAGES_ENCODE) a->enc = ms_encoder_new(a);
     if (text) a->tg = ms_textgen_new(a);
 
     a->reg = ms_registry_new(c->redis_host, c->redis_port, c->redis_prefix, err, err_size);
@@ -409,7 +409,7 @@ ms_actor *ms_actor_new(const ms_actor_config *c, char *err, size_t err_size) {
     }
     p->beat.started = true;
     ms_info("actor %s: stages %s, model %s, data %s, broker %s, redis %s:%d", c->id,
-            ms_registry_stages_str(c->stages, (char[MS_STAGES_STR_MAX]){0}), c->lm_path, a->data_ep,
+            ms_stages_name(c->stages, (char[MS_STAGES_NAME_MAX]){0}, MS_STAGES_NAME_MAX), c->lm_path, a->data_ep,
             c->broker_ep, c->redis_host, c->redis_port);
     return a;
 fail:
@@ -488,7 +488,7 @@ static void s_send_hello(ms_actor *a) {
     ms_msg m;
     ms_msg_init(&m, MS_MSG_HELLO);
     m.hello.actor = a->cfg.id;
-    m.hello.stages = (char *)ms_registry_stages_str(a->cfg.stages, stages);
+    m.hello.stages = (char *)ms_stages_name(a->cfg.stages, stages, sizeof stages);
     m.hello.model = a->info.model;
     m.hello.data_ep = a->data_ep;
     m.hello.pid = (uint64_t)getpid();

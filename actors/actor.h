@@ -47,7 +47,7 @@
 #include "engine.h"
 
 /* ---- limits and defaults ------------------------------------------------------ */
-#define MS_ACTOR_PULL_TIMEOUT_MS   5000  /* one feature / KV pull from a peer, at most */
+#define MS_ACTOR_PULL_TIMEOUT_MS   1500  /* one feature / KV pull from a silent peer, at most (< registry TTL) */
 #define MS_ACTOR_DRAIN_MS_DEFAULT  30000 /* SIGTERM: finish running work within this */
 #define MS_ACTOR_MAX_SEQS_DEFAULT  64    /* running sequences (decode batch) at most */
 #define MS_ACTOR_MAX_SEQS_LIMIT    4096  /* largest accepted --max-batch */

@@ -14,10 +14,13 @@
  * uninterrupted run (chunked prefill = stepwise decode on the cpu backends,
  * docs/engine.md). A KV hand-off follows the same rule: the blob holds the
  * prompt + every generated token but the last, which the decode actor feeds.
+ * sampling.ignore_eos (benchmarks forcing a length) masks the end-of-generation
+ * tokens (s_sample_without_eog); ms_engine_generate has no such option.
  */
 #include "actor.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -68,9 +71,26 @@ uint64_t ms_gen_rng_after(uint64_t seed, int n) {
     return st;
 }
 
+/* ignore_eos: the same draw (RNG state rng0) over the logits with every
+ * end-of-generation token masked out, so that one token still costs one draw
+ * (re-dispatch and hand-off restore the RNG by counting tokens). */
+static int32_t s_sample_without_eog(ms_gen *g, const ms_tokenizer *tk, const float *logits,
+                                    int n_vocab, uint64_t rng0) {
+    float *masked = ms_xmalloc((size_t)n_vocab * sizeof *masked);
+    for (int i = 0; i < n_vocab; i++)
+        masked[i] = ms_tokenizer_is_eog(tk, i) ? -INFINITY : logits[i];
+    ms_sampler_set_state(&g->smp, rng0);
+    const int32_t tok = ms_sampler_sample(&g->smp, masked);
+    free(masked);
+    return tok;
+}
+
 void ms_gen_sample(ms_gen *g, ms_engine *e, const float *logits, ms_gen_token *out) {
     const ms_tokenizer *tk = ms_engine_tokenizer(e);
-    const int32_t tok = ms_sampler_sample(&g->smp, logits);
+    const uint64_t rng0 = ms_sampler_state(&g->smp);
+    int32_t tok = ms_sampler_sample(&g->smp, logits);
+    if (g->sp.ignore_eos && ms_tokenizer_is_eog(tk, tok))
+        tok = s_sample_without_eog(g, tk, logits, ms_engine_n_vocab(e), rng0);
     out->id = tok;
     out->index = g->n_generated++;
     const bool eog = ms_tokenizer_is_eog(tk, tok);
@@ -293,12 +313,12 @@ static int s_check_prefill(ms_textgen *tg, const ms_msg_prefill_task *p, int64_t
                            int64_t *image_rows, char *err, size_t err_size) {
     ms_engine *e = tg->e;
     const unsigned stages = tg->a->cfg.stages;
-    if (!(stages & MS_STAGE_PREFILL))
+    if (!(stages & MS_STAGES_PREFILL))
         return ms_errf(err, err_size, "actor %s does not prefill", tg->a->cfg.id);
     const bool handoff = strcmp(p->mode, "handoff") == 0;
     if (!handoff && strcmp(p->mode, "decode") != 0)
         return ms_errf(err, err_size, "mode '%s' (expected decode or handoff)", p->mode);
-    if (!handoff && !(stages & MS_STAGE_DECODE))
+    if (!handoff && !(stages & MS_STAGES_DECODE))
         return ms_errf(err, err_size, "mode decode, but actor %s does not decode", tg->a->cfg.id);
     ms_sampling_params sp;
     if (ms_wire_sampling_to_params(&p->sampling, &sp, err, err_size) != 0) return -1;
@@ -390,7 +410,7 @@ void ms_textgen_on_decode(ms_textgen *tg, ms_frames_in *in) {
     const ms_msg_decode_task *d = &in->msg.decode_task;
     char err[MS_ERR_SIZE];
     ms_sampling_params sp;
-    if (!(tg->a->cfg.stages & MS_STAGE_DECODE)) {
+    if (!(tg->a->cfg.stages & MS_STAGES_DECODE)) {
         ms_actor_task_error(tg->a, d->rid, d->task, MS_CODE_BAD_REQUEST, "actor %s does not decode",
                             tg->a->cfg.id);
         return;

@@ -70,7 +70,7 @@ int ms_breg_list(ms_breg *r, ms_breg_actor **out, int *n) {
             snprintf(a[i].id, sizeof(a[i].id), "%s", in->id);
             char buf[MS_STAGES_STR_MAX];
             snprintf(a[i].stages, sizeof(a[i].stages), "%s",
-                     ms_registry_stages_str(in->stages, buf));
+                     ms_stages_name(in->stages, buf, sizeof buf));
             snprintf(a[i].data_ep, sizeof(a[i].data_ep), "%s", in->data_ep);
             a[i].pid = in->pid;
             a[i].draining = in->state == MS_ACTOR_DRAINING;

@@ -1,10 +1,8 @@
 /* broker_registry.h — the broker's narrow window on Redis: the live actor
  * list (through schemas/registry.h) and the broker's own counters hash.
  *
- * Kept apart from the rest of the broker so that no broker file needs both
- * registry.h and policy.h (they define overlapping names: ms_actor_state,
- * MS_STAGE_*). Entries come out as plain data with the stage set as its
- * canonical name, which the broker parses with ms_stages_parse().
+ * Entries come out as plain data with the stage set as its canonical name
+ * (stages.h), which the broker parses with ms_stages_parse().
  *
  * Counters hash: `<prefix>:broker`, one integer field per counter, written
  * whole (HSET of every field) by ms_breg_publish(). Field names and meanings

@@ -13,53 +13,6 @@
 
 /* ---- stage sets ---------------------------------------------------------- */
 
-int ms_stages_parse(const char *text, uint32_t *out, char *err, size_t err_size) {
-    assert(out);
-    if (!text || text[0] == '\0') return ms_errf(err, err_size, "empty stage set");
-    uint32_t mask = 0;
-    const char *p = text;
-    for (;;) {
-        const char *plus = strchr(p, '+');
-        size_t n = plus ? (size_t)(plus - p) : strlen(p);
-        int found = -1;
-        for (int s = 0; s < MS_STAGE_COUNT; s++) {
-            const char *name = ms_stage_name((ms_stage)s);
-            if (strlen(name) == n && strncmp(p, name, n) == 0) found = s;
-        }
-        if (found < 0)
-            return ms_errf(err, err_size,
-                           "stage set \"%s\": unknown stage \"%.*s\" (expected "
-                           "encode, prefill, decode joined by '+')",
-                           text, (int)MS_MIN(n, 64), p);
-        if (mask & MS_STAGE_BIT(found))
-            return ms_errf(err, err_size, "stage set \"%s\": stage \"%s\" given twice", text,
-                           ms_stage_name((ms_stage)found));
-        mask |= MS_STAGE_BIT(found);
-        if (!plus) break;
-        p = plus + 1;
-    }
-    *out = mask;
-    return 0;
-}
-
-const char *ms_stages_name(uint32_t stages, char *buf, size_t buf_size) {
-    assert(buf && buf_size > 0);
-    buf[0] = '\0';
-    if (stages == 0 || (stages & ~MS_STAGES_ALL) != 0) return buf;
-    size_t used = 0;
-    for (int s = 0; s < MS_STAGE_COUNT; s++) {
-        if (!(stages & MS_STAGE_BIT(s))) continue;
-        int w = snprintf(buf + used, buf_size - used, "%s%s", used ? "+" : "",
-                         ms_stage_name((ms_stage)s));
-        if (w < 0 || (size_t)w >= buf_size - used) {
-            buf[0] = '\0';
-            return buf;
-        }
-        used += (size_t)w;
-    }
-    return buf;
-}
-
 /* ---- layouts ------------------------------------------------------------- */
 
 static const ms_layout_info s_layouts[MS_LAYOUT_COUNT] = {

@@ -27,27 +27,8 @@
 
 /* ---- stages and stage sets ---------------------------------------------- */
 
-/* The three stages of a request (ms_stage is defined in profile.h). A stage
- * set is a uint32_t bitmask of MS_STAGE_BIT(stage). */
-#define MS_STAGE_BIT(s)   (1u << (unsigned)(s))
-#define MS_STAGES_ENCODE  MS_STAGE_BIT(MS_STAGE_ENCODE)
-#define MS_STAGES_PREFILL MS_STAGE_BIT(MS_STAGE_PREFILL)
-#define MS_STAGES_DECODE  MS_STAGE_BIT(MS_STAGE_DECODE)
-#define MS_STAGES_TEXT    (MS_STAGES_PREFILL | MS_STAGES_DECODE) /* "prefill+decode" */
-#define MS_STAGES_ALL     (MS_STAGES_ENCODE | MS_STAGES_TEXT)    /* "encode+prefill+decode" */
+/* Stages, stage-set masks (MS_STAGE_BIT, MS_STAGES_*) and their names: stages.h. */
 
-#define MS_STAGES_NAME_MAX 32 /* longest stage-set name incl. NUL ("encode+prefill+decode") */
-
-/* Parses a stage-set name as used by the registry and the CLI: "encode",
- * "prefill", "decode", "prefill+decode", "encode+prefill+decode" (any
- * non-empty '+'-joined combination of the three names, each at most once).
- * Returns 0 and sets *out, or -1 with err filled naming the bad text. */
-int ms_stages_parse(const char *text, uint32_t *out, char *err, size_t err_size);
-
-/* Writes the canonical name of a non-empty stage set (stages in the order
- * encode, prefill, decode, joined by '+') into buf. Returns buf; an empty or
- * unknown mask gives "". buf_size >= MS_STAGES_NAME_MAX always suffices. */
-const char *ms_stages_name(uint32_t stages, char *buf, size_t buf_size);
 
 /* ---- layouts ------------------------------------------------------------ */
 
@@ -84,10 +65,6 @@ const char *ms_layout_name(ms_layout layout);
 
 /* ---- views ---------------------------------------------------------------- */
 
-typedef enum {
-    MS_ACTOR_UP = 0,   /* takes new work */
-    MS_ACTOR_DRAINING, /* finishing its work; never chosen for new work */
-} ms_actor_state;
 
 /* One actor as the policies see it: the registry's last report plus the work
  * the caller dispatched since (ms_policy_charge_*). */

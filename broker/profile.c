@@ -15,11 +15,27 @@
 
 #include "ms_common.h"
 
-static const char *const s_stage_names[MS_STAGE_COUNT] = {"encode", "prefill", "decode"};
 
-const char *ms_stage_name(ms_stage stage) {
-    if ((int)stage < 0 || stage >= MS_STAGE_COUNT) return NULL;
-    return s_stage_names[stage];
+static const char *const s_curve_names[MS_CURVE_COUNT] = {
+    "preprocess", "vit",    "project",         "prefill",      "prefill_batch",
+    "decode",     "decode_ctx", "transfer_memcpy", "transfer_ipc", "transfer_tcp"};
+static const char *const s_curve_units[MS_CURVE_COUNT] = {
+    "megapixels", "images", "images", "tokens", "sequences",
+    "sequences",  "context_tokens", "MiB", "MiB", "MiB"};
+
+const char *ms_curve_name(ms_curve c) {
+    if ((int)c < 0 || c >= MS_CURVE_COUNT) return NULL;
+    return s_curve_names[c];
+}
+
+const char *ms_curve_unit(ms_curve c) {
+    if ((int)c < 0 || c >= MS_CURVE_COUNT) return NULL;
+    return s_curve_units[c];
+}
+
+double ms_profile_curve_eval(const ms_profile_curve *c, double x) {
+    assert(c);
+    return c->base_ms + c->per_unit_ms * x;
 }
 
 void ms_profile_default(ms_profile *out) {
@@ -64,6 +80,44 @@ void ms_profile_default(ms_profile *out) {
 
 /* ---- validation --------------------------------------------------------- */
 
+static bool s_finite_nonneg(double v) { return isfinite(v) && v >= 0; }
+
+static int s_validate_measured(const ms_profile_measured *m, char *err, size_t err_size) {
+    if (memchr(m->backend, '\0', sizeof(m->backend)) == NULL)
+        return ms_errf(err, err_size, "measured.backend: not terminated");
+    if (m->threads < 0 || m->n_ctx < 0 || m->image_size < 0 || m->image_tokens < 0 ||
+        m->feature_bytes_per_image < 0 || m->kv_bytes_per_token < 0)
+        return ms_errf(err, err_size, "measured: sizes and counts must be >= 0");
+    if (!s_finite_nonneg(m->ref_mpixels))
+        return ms_errf(err, err_size, "measured.ref_mpixels: must be a finite number >= 0");
+    if (!isfinite(m->utilization) || m->utilization < 0 || m->utilization > 1)
+        return ms_errf(err, err_size, "measured.utilization: must be in 0..1");
+    for (int s = 0; s < MS_STAGE_COUNT; s++) {
+        const ms_profile_slo_check *c = &m->slo_check[s];
+        if (!s_finite_nonneg(c->budget_ms) || !s_finite_nonneg(c->batch_ms))
+            return ms_errf(err, err_size,
+                           "measured.slo_check.%s: budget_ms and batch_ms must be finite, >= 0",
+                           ms_stage_name((ms_stage)s));
+    }
+    for (int k = 0; k < MS_CURVE_COUNT; k++) {
+        const ms_profile_curve *c = &m->curve[k];
+        const char *n = s_curve_names[k];
+        if (!s_finite_nonneg(c->at) || !s_finite_nonneg(c->base_ms) ||
+            !s_finite_nonneg(c->per_unit_ms))
+            return ms_errf(err, err_size,
+                           "measured.curves.%s: at, base_ms and per_unit_ms must be finite, >= 0",
+                           n);
+        if (c->n_points < 0 || c->n_points > MS_PROFILE_MAX_POINTS)
+            return ms_errf(err, err_size, "measured.curves.%s.points: %d points, at most %d", n,
+                           c->n_points, MS_PROFILE_MAX_POINTS);
+        for (int i = 0; i < c->n_points; i++)
+            if (!s_finite_nonneg(c->points[i].x) || !s_finite_nonneg(c->points[i].ms))
+                return ms_errf(err, err_size,
+                               "measured.curves.%s.points[%d]: must be finite numbers >= 0", n, i);
+    }
+    return 0;
+}
+
 int ms_profile_validate(const ms_profile *p, char *err, size_t err_size) {
     assert(p);
     if (p->version != MS_PROFILE_VERSION)
@@ -76,7 +130,7 @@ int ms_profile_validate(const ms_profile *p, char *err, size_t err_size) {
                        MS_PROFILE_MAX_SLO_MS);
     for (int s = 0; s < MS_STAGE_COUNT; s++) {
         const ms_stage_profile *sp = &p->stage[s];
-        const char *n = s_stage_names[s];
+        const char *n = ms_stage_name((ms_stage)s);
         if (sp->max_batch < 1 || sp->max_batch > MS_PROFILE_MAX_BATCH)
             return ms_errf(err, err_size, "stages.%s.max_batch: %lld out of range 1..%d", n,
                            (long long)sp->max_batch, MS_PROFILE_MAX_BATCH);
@@ -109,6 +163,7 @@ int ms_profile_validate(const ms_profile *p, char *err, size_t err_size) {
                 return ms_errf(err, err_size, "slo_classes[%d].name: \"%s\" defined twice", i,
                                c->name);
     }
+    if (p->measured.present && s_validate_measured(&p->measured, err, err_size) != 0) return -1;
     const ms_queue_limits *l = &p->limits;
     if (l->max_pending_requests < 0 || l->max_pending_image_tokens < 0 ||
         l->max_pending_prompt_tokens < 0 || l->max_images_per_request < 0 ||
@@ -263,13 +318,14 @@ static int s_read_stage(const cJSON *obj, const char *name, ms_stage_profile *sp
     return 0;
 }
 
+static const char *const s_stage_keys[] = {"encode", "prefill", "decode", NULL};
+
 static int s_read_stages(const cJSON *obj, ms_profile *p, char *err, size_t err_size) {
-    static const char *const keys[] = {"encode", "prefill", "decode", NULL};
     if (s_get_object(obj, "stages", err, err_size) != 0) return -1;
-    if (s_check_keys(obj, "stages", keys, err, err_size) != 0) return -1;
+    if (s_check_keys(obj, "stages", s_stage_keys, err, err_size) != 0) return -1;
     for (int s = 0; s < MS_STAGE_COUNT; s++) {
-        const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, s_stage_names[s]);
-        if (it && s_read_stage(it, s_stage_names[s], &p->stage[s], err, err_size) != 0) return -1;
+        const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, ms_stage_name((ms_stage)s));
+        if (it && s_read_stage(it, ms_stage_name((ms_stage)s), &p->stage[s], err, err_size) != 0) return -1;
     }
     return 0;
 }
@@ -303,6 +359,140 @@ static int s_read_limits(const cJSON *obj, ms_profile *p, char *err, size_t err_
         } else {
             /* 2^53: the largest integer a JSON double carries exactly. */
             if (s_get_int(it, kp, (int64_t)1 << 53, f[i].i64, err, err_size) != 0) return -1;
+        }
+    }
+    return 0;
+}
+
+static int s_read_curve(const cJSON *obj, ms_curve k, ms_profile_curve *c, char *err,
+                        size_t err_size) {
+    static const char *const keys[] = {"unit", "at", "base_ms", "per_unit_ms", "points", NULL};
+    char path[96], kp[128];
+    snprintf(path, sizeof(path), "measured.curves.%s", s_curve_names[k]);
+    if (s_get_object(obj, path, err, err_size) != 0) return -1;
+    if (s_check_keys(obj, path, keys, err, err_size) != 0) return -1;
+    const cJSON *it;
+    if ((it = cJSON_GetObjectItemCaseSensitive(obj, "unit"))) {
+        char unit[MS_PROFILE_NAME_MAX];
+        snprintf(kp, sizeof(kp), "%s.unit", path);
+        if (s_get_string(it, kp, unit, sizeof(unit), err, err_size) != 0) return -1;
+        if (strcmp(unit, s_curve_units[k]) != 0)
+            return ms_errf(err, err_size, "%s: \"%s\" is not \"%s\"", kp, unit,
+                           s_curve_units[k]);
+    }
+    struct {
+        const char *key;
+        double *dst;
+    } nums[] = {{"at", &c->at}, {"base_ms", &c->base_ms}, {"per_unit_ms", &c->per_unit_ms}};
+    for (size_t i = 0; i < MS_ARRAY_LEN(nums); i++) {
+        if (!(it = cJSON_GetObjectItemCaseSensitive(obj, nums[i].key))) continue;
+        snprintf(kp, sizeof(kp), "%s.%s", path, nums[i].key);
+        if (s_get_number(it, kp, nums[i].dst, err, err_size) != 0) return -1;
+    }
+    if ((it = cJSON_GetObjectItemCaseSensitive(obj, "points"))) {
+        snprintf(kp, sizeof(kp), "%s.points", path);
+        if (!cJSON_IsArray(it)) return ms_errf(err, err_size, "%s: must be an array", kp);
+        int n = cJSON_GetArraySize(it);
+        if (n > MS_PROFILE_MAX_POINTS)
+            return ms_errf(err, err_size, "%s: %d points, at most %d", kp, n,
+                           MS_PROFILE_MAX_POINTS);
+        int i = 0;
+        for (const cJSON *pt = it->child; pt; pt = pt->next, i++) {
+            char pp[160];
+            snprintf(pp, sizeof(pp), "%s[%d]", kp, i);
+            if (!cJSON_IsArray(pt) || cJSON_GetArraySize(pt) != 2)
+                return ms_errf(err, err_size, "%s: must be an array [x, ms]", pp);
+            if (s_get_number(pt->child, pp, &c->points[i].x, err, err_size) != 0 ||
+                s_get_number(pt->child->next, pp, &c->points[i].ms, err, err_size) != 0)
+                return -1;
+        }
+        c->n_points = n;
+    }
+    return 0;
+}
+
+static int s_read_slo_check(const cJSON *obj, ms_stage st, ms_profile_slo_check *c, char *err,
+                            size_t err_size) {
+    static const char *const keys[] = {"budget_ms", "batch_ms", "met", NULL};
+    char path[96], kp[128];
+    snprintf(path, sizeof(path), "measured.slo_check.%s", ms_stage_name(st));
+    if (s_get_object(obj, path, err, err_size) != 0) return -1;
+    if (s_check_keys(obj, path, keys, err, err_size) != 0) return -1;
+    const cJSON *it;
+    if ((it = cJSON_GetObjectItemCaseSensitive(obj, "budget_ms"))) {
+        snprintf(kp, sizeof(kp), "%s.budget_ms", path);
+        if (s_get_number(it, kp, &c->budget_ms, err, err_size) != 0) return -1;
+    }
+    if ((it = cJSON_GetObjectItemCaseSensitive(obj, "batch_ms"))) {
+        snprintf(kp, sizeof(kp), "%s.batch_ms", path);
+        if (s_get_number(it, kp, &c->batch_ms, err, err_size) != 0) return -1;
+    }
+    if ((it = cJSON_GetObjectItemCaseSensitive(obj, "met"))) {
+        if (!cJSON_IsBool(it)) return ms_errf(err, err_size, "%s.met: must be true or false", path);
+        c->met = cJSON_IsTrue(it);
+    }
+    return 0;
+}
+
+static int s_read_measured(const cJSON *obj, ms_profile *p, char *err, size_t err_size) {
+    static const char *const keys[] = {"backend",      "threads",
+                                       "n_ctx",        "image_size",
+                                       "image_tokens", "feature_bytes_per_image",
+                                       "kv_bytes_per_token", "ref_mpixels",
+                                       "utilization",  "slo_check",
+                                       "curves",       NULL};
+    if (s_get_object(obj, "measured", err, err_size) != 0) return -1;
+    if (s_check_keys(obj, "measured", keys, err, err_size) != 0) return -1;
+    ms_profile_measured *m = &p->measured;
+    memset(m, 0, sizeof(*m));
+    m->present = true;
+    const cJSON *it;
+    if ((it = cJSON_GetObjectItemCaseSensitive(obj, "backend")) &&
+        s_get_string(it, "measured.backend", m->backend, sizeof(m->backend), err, err_size) != 0)
+        return -1;
+    struct {
+        const char *key;
+        int32_t *i32;
+        int64_t *i64;
+        double *dbl;
+    } f[] = {{"threads", &m->threads, NULL, NULL},
+             {"n_ctx", &m->n_ctx, NULL, NULL},
+             {"image_size", &m->image_size, NULL, NULL},
+             {"image_tokens", &m->image_tokens, NULL, NULL},
+             {"feature_bytes_per_image", NULL, &m->feature_bytes_per_image, NULL},
+             {"kv_bytes_per_token", NULL, &m->kv_bytes_per_token, NULL},
+             {"ref_mpixels", NULL, NULL, &m->ref_mpixels},
+             {"utilization", NULL, NULL, &m->utilization}};
+    for (size_t i = 0; i < MS_ARRAY_LEN(f); i++) {
+        if (!(it = cJSON_GetObjectItemCaseSensitive(obj, f[i].key))) continue;
+        char kp[96];
+        snprintf(kp, sizeof(kp), "measured.%s", f[i].key);
+        if (f[i].i32) {
+            if (s_get_int32(it, kp, f[i].i32, err, err_size) != 0) return -1;
+        } else if (f[i].i64) {
+            if (s_get_int(it, kp, (int64_t)1 << 53, f[i].i64, err, err_size) != 0) return -1;
+        } else if (s_get_number(it, kp, f[i].dbl, err, err_size) != 0) {
+            return -1;
+        }
+    }
+    if ((it = cJSON_GetObjectItemCaseSensitive(obj, "slo_check"))) {
+        if (s_get_object(it, "measured.slo_check", err, err_size) != 0) return -1;
+        if (s_check_keys(it, "measured.slo_check", s_stage_keys, err, err_size) != 0) return -1;
+        for (int s = 0; s < MS_STAGE_COUNT; s++) {
+            const cJSON *o = cJSON_GetObjectItemCaseSensitive(it, ms_stage_name((ms_stage)s));
+            if (o && s_read_slo_check(o, (ms_stage)s, &m->slo_check[s], err, err_size) != 0)
+                return -1;
+        }
+    }
+    if ((it = cJSON_GetObjectItemCaseSensitive(obj, "curves"))) {
+        static const char *ckeys[MS_CURVE_COUNT + 1];
+        for (int k = 0; k < MS_CURVE_COUNT; k++) ckeys[k] = s_curve_names[k];
+        ckeys[MS_CURVE_COUNT] = NULL;
+        if (s_get_object(it, "measured.curves", err, err_size) != 0) return -1;
+        if (s_check_keys(it, "measured.curves", ckeys, err, err_size) != 0) return -1;
+        for (int k = 0; k < MS_CURVE_COUNT; k++) {
+            const cJSON *o = cJSON_GetObjectItemCaseSensitive(it, s_curve_names[k]);
+            if (o && s_read_curve(o, (ms_curve)k, &m->curve[k], err, err_size) != 0) return -1;
         }
     }
     return 0;
@@ -354,8 +544,8 @@ int ms_profile_parse(const char *json, size_t len, ms_profile *out, char *err, s
         ms_errf(err, err_size, "the profile must be a JSON object");
         goto out;
     }
-    static const char *const keys[] = {"version",     "model",  "hardware", "slo",
-                                       "slo_classes", "stages", "limits",   NULL};
+    static const char *const keys[] = {"version", "model",  "hardware", "slo",     "slo_classes",
+                                       "stages",  "limits", "measured", NULL};
     if (s_check_keys(root, "", keys, err, err_size) != 0) goto out;
     const cJSON *it;
     if ((it = cJSON_GetObjectItemCaseSensitive(root, "version"))) {
@@ -383,6 +573,9 @@ int ms_profile_parse(const char *json, size_t len, ms_profile *out, char *err, s
         goto out;
     if ((it = cJSON_GetObjectItemCaseSensitive(root, "limits")) &&
         s_read_limits(it, &p, err, err_size) != 0)
+        goto out;
+    if ((it = cJSON_GetObjectItemCaseSensitive(root, "measured")) &&
+        s_read_measured(it, &p, err, err_size) != 0)
         goto out;
     if (ms_profile_validate(&p, err, err_size) != 0) goto out;
     *out = p;
@@ -416,6 +609,43 @@ int ms_profile_load(const char *path, ms_profile *out, bool *used_defaults, char
 
 /* ---- writing ------------------------------------------------------------- */
 
+static void s_write_measured(cJSON *root, const ms_profile_measured *m) {
+    cJSON *o = cJSON_AddObjectToObject(root, "measured");
+    cJSON_AddStringToObject(o, "backend", m->backend);
+    cJSON_AddNumberToObject(o, "threads", m->threads);
+    cJSON_AddNumberToObject(o, "n_ctx", m->n_ctx);
+    cJSON_AddNumberToObject(o, "image_size", m->image_size);
+    cJSON_AddNumberToObject(o, "image_tokens", m->image_tokens);
+    cJSON_AddNumberToObject(o, "feature_bytes_per_image", (double)m->feature_bytes_per_image);
+    cJSON_AddNumberToObject(o, "kv_bytes_per_token", (double)m->kv_bytes_per_token);
+    cJSON_AddNumberToObject(o, "ref_mpixels", m->ref_mpixels);
+    cJSON_AddNumberToObject(o, "utilization", m->utilization);
+    cJSON *chk = cJSON_AddObjectToObject(o, "slo_check");
+    for (int s = 0; s < MS_STAGE_COUNT; s++) {
+        cJSON *c = cJSON_AddObjectToObject(chk, ms_stage_name((ms_stage)s));
+        cJSON_AddNumberToObject(c, "budget_ms", m->slo_check[s].budget_ms);
+        cJSON_AddNumberToObject(c, "batch_ms", m->slo_check[s].batch_ms);
+        cJSON_AddBoolToObject(c, "met", m->slo_check[s].met);
+    }
+    cJSON *curves = cJSON_AddObjectToObject(o, "curves");
+    for (int k = 0; k < MS_CURVE_COUNT; k++) {
+        const ms_profile_curve *c = &m->curve[k];
+        if (c->n_points == 0) continue; /* not measured */
+        cJSON *co = cJSON_AddObjectToObject(curves, s_curve_names[k]);
+        cJSON_AddStringToObject(co, "unit", s_curve_units[k]);
+        cJSON_AddNumberToObject(co, "at", c->at);
+        cJSON_AddNumberToObject(co, "base_ms", c->base_ms);
+        cJSON_AddNumberToObject(co, "per_unit_ms", c->per_unit_ms);
+        cJSON *pts = cJSON_AddArrayToObject(co, "points");
+        for (int i = 0; i < c->n_points; i++) {
+            cJSON *pt = cJSON_CreateArray();
+            cJSON_AddItemToArray(pt, cJSON_CreateNumber(c->points[i].x));
+            cJSON_AddItemToArray(pt, cJSON_CreateNumber(c->points[i].ms));
+            cJSON_AddItemToArray(pts, pt);
+        }
+    }
+}
+
 char *ms_profile_to_json(const ms_profile *p, char *err, size_t err_size) {
     assert(p);
     if (ms_profile_validate(p, err, err_size) != 0) return NULL;
@@ -437,7 +667,7 @@ char *ms_profile_to_json(const ms_profile *p, char *err, size_t err_size) {
     cJSON *stages = cJSON_AddObjectToObject(root, "stages");
     for (int s = 0; s < MS_STAGE_COUNT; s++) {
         const ms_stage_profile *sp = &p->stage[s];
-        cJSON *o = cJSON_AddObjectToObject(stages, s_stage_names[s]);
+        cJSON *o = cJSON_AddObjectToObject(stages, ms_stage_name((ms_stage)s));
         cJSON_AddNumberToObject(o, "max_batch", (double)sp->max_batch);
         cJSON_AddNumberToObject(o, "base_ms", sp->base_ms);
         cJSON_AddNumberToObject(o, "per_unit_ms", sp->per_unit_ms);
@@ -453,6 +683,7 @@ char *ms_profile_to_json(const ms_profile *p, char *err, size_t err_size) {
     cJSON_AddNumberToObject(lim, "max_request_tokens", l->max_request_tokens);
     cJSON_AddNumberToObject(lim, "max_actor_image_tokens", (double)l->max_actor_image_tokens);
     cJSON_AddNumberToObject(lim, "max_actor_prompt_tokens", (double)l->max_actor_prompt_tokens);
+    if (p->measured.present) s_write_measured(root, &p->measured);
     char *text = cJSON_Print(root);
     cJSON_Delete(root);
     if (!text) {

@@ -21,7 +21,9 @@
  *     "limits": { "max_pending_requests": N, "max_pending_image_tokens": N,
  *                 "max_pending_prompt_tokens": N, "max_images_per_request": N,
  *                 "max_request_tokens": N, "max_actor_image_tokens": N,
- *                 "max_actor_prompt_tokens": N } }      (0 = unlimited)
+ *                 "max_actor_prompt_tokens": N },     (0 = unlimited)
+ *     "measured": { ... } }   optional, written by modserve-profile: the raw
+ *                             curves (see ms_profile_measured, docs/profiles.md)
  *
  * Parsing is strict: unknown keys, wrong JSON types, negative numbers,
  * non-integers where integers are due and out-of-range values are errors
@@ -35,16 +37,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The stages of a request, in pipeline order. */
-typedef enum {
-    MS_STAGE_ENCODE = 0, /* preprocess + vision encoder */
-    MS_STAGE_PREFILL,    /* projector + LLM prefill (first token) */
-    MS_STAGE_DECODE,     /* continuous-batch decode */
-    MS_STAGE_COUNT
-} ms_stage;
+#include "stages.h"
 
-/* "encode" | "prefill" | "decode" (NULL for an out-of-range value). */
-const char *ms_stage_name(ms_stage stage);
+/* ms_stage, stage sets and names: stages.h. */
+
 
 #define MS_PROFILE_VERSION     1
 #define MS_PROFILE_MAX_BYTES   (1u << 20)         /* profile files larger than this are refused */
@@ -81,6 +77,80 @@ typedef struct {
     int64_t max_actor_prompt_tokens;   /* queued prompt tokens one text/prefill actor may hold */
 } ms_queue_limits;
 
+/* ---- measured curves (optional; written by the offline profiler) ---------
+ *
+ * A profile made by modserve-profile (broker/profiler.h, docs/profiles.md)
+ * also carries what was measured, under the optional key "measured": the
+ * raw points of each curve, their least-squares line, the engine settings
+ * they were taken with, and the SLO check of each stage. The broker ignores
+ * it; the simulator may use the curves as service times, and
+ * `modserve-profile --from` re-derives batch caps and capacities from them
+ * for other SLOs without measuring again. Absent key = measured.present false. */
+
+#define MS_PROFILE_MAX_POINTS 32 /* points one curve may hold */
+
+/* The curves, each a set of (x, ms) points at a fixed `at`. */
+typedef enum {
+    MS_CURVE_PREPROCESS = 0,   /* x = megapixels of a JPEG; ms per image (decode .. normalise) */
+    MS_CURVE_VIT,              /* x = images in one ViT pass; ms per pass (ms_engine_encode) */
+    MS_CURVE_PROJECT,          /* x = images; ms per connector call (ms_engine_project) */
+    MS_CURVE_PREFILL,          /* x = prompt tokens of one new sequence; ms (last logits incl.) */
+    MS_CURVE_PREFILL_BATCH,    /* x = sequences of `at` tokens prefilled back to back; ms */
+    MS_CURVE_DECODE,           /* x = sequences in one decode step, each holding ~`at` tokens;
+                                  ms per step */
+    MS_CURVE_DECODE_CTX,       /* x = tokens each of `at` sequences holds; ms per decode step */
+    MS_CURVE_TRANSFER_MEMCPY,  /* x = MiB; ms for one memcpy (lower bound of any transfer) */
+    MS_CURVE_TRANSFER_IPC,     /* x = MiB; ms for one ZeroMQ message over ipc:// */
+    MS_CURVE_TRANSFER_TCP,     /* x = MiB; ms for one ZeroMQ message over tcp://127.0.0.1 */
+    MS_CURVE_COUNT
+} ms_curve;
+
+/* JSON key of a curve ("preprocess", "vit", ..., "transfer_tcp"); NULL if out of range. */
+const char *ms_curve_name(ms_curve c);
+/* Unit of a curve's x ("megapixels", "images", "tokens", "sequences",
+ * "context_tokens", "MiB"); NULL if out of range. */
+const char *ms_curve_unit(ms_curve c);
+
+typedef struct {
+    double x;  /* in the curve's unit, >= 0 */
+    double ms; /* measured latency (median of the repetitions), >= 0 */
+} ms_profile_point;
+
+typedef struct {
+    double at;          /* the parameter held fixed (tokens per sequence for prefill_batch and
+                           decode, sequences for decode_ctx; 0 for the others) */
+    double base_ms;     /* least-squares intercept, clamped >= 0 */
+    double per_unit_ms; /* least-squares slope (ms per x unit), clamped >= 0 */
+    int32_t n_points;   /* 0 = not measured */
+    ms_profile_point points[MS_PROFILE_MAX_POINTS]; /* [n_points], x ascending */
+} ms_profile_curve;
+
+/* How a stage's batch cap meets its SLO share. */
+typedef struct {
+    double budget_ms; /* the stage's share of TTFT (encode, prefill) or TBT (decode), ms */
+    double batch_ms;  /* modelled latency of a full batch at the cap, ms */
+    bool met;         /* false: not even a batch of one fits the budget */
+} ms_profile_slo_check;
+
+typedef struct {
+    bool present;                     /* the "measured" object was given / filled */
+    char backend[MS_PROFILE_NAME_MAX]; /* engine backend ("cpu", ...) */
+    int32_t threads;                  /* backend threads */
+    int32_t n_ctx;                    /* tokens per sequence the engine allowed */
+    int32_t image_size;               /* ViT input side, pixels (0: text only) */
+    int32_t image_tokens;             /* tokens one image becomes (0: text only) */
+    int64_t feature_bytes_per_image;  /* f32 ViT features of one image (encoder → prefill) */
+    int64_t kv_bytes_per_token;       /* KV hand-off blob bytes per token */
+    double ref_mpixels;               /* image size (megapixels) the encode model assumes */
+    double utilization;               /* share of an instance's saturated throughput counted
+                                         as capacity at SLO, 0..1 */
+    ms_profile_slo_check slo_check[MS_STAGE_COUNT]; /* per stage */
+    ms_profile_curve curve[MS_CURVE_COUNT];          /* indexed by ms_curve */
+} ms_profile_measured;
+
+/* A curve's line at x: base_ms + per_unit_ms * x. */
+double ms_profile_curve_eval(const ms_profile_curve *c, double x);
+
 typedef struct {
     int32_t version;                              /* MS_PROFILE_VERSION */
     char model[MS_PROFILE_NAME_MAX];              /* what was profiled (free text, may be "") */
@@ -91,6 +161,7 @@ typedef struct {
     ms_slo_class classes[MS_PROFILE_MAX_CLASSES]; /* [n_classes] */
     int32_t n_classes;                            /* SLO classes defined */
     ms_queue_limits limits;                       /* queue bounds */
+    ms_profile_measured measured;                 /* optional "measured" section */
 } ms_profile;
 
 /* Fills *out with the built-in defaults (sized for the tiny/demo models on a

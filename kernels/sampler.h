@@ -28,6 +28,8 @@ typedef struct ms_sampling_params {
     int max_tokens;      /* generated tokens at most (> 0) */
     int n_stop;          /* stop strings in use */
     char stop[MS_MAX_STOP_STRINGS][MS_MAX_STOP_LEN]; /* generation ends before any of these */
+    bool ignore_eos; /* never end at an end-of-generation token (benchmarks that force a
+                        length): the generating actor samples from the other tokens */
 } ms_sampling_params;
 
 /* Defaults: greedy, max_tokens 128, no stops. */

@@ -124,8 +124,10 @@ ms_wire_status ms_frames_recv(zsock_t *sock, ms_frames_in *in, size_t max_bytes,
         if (ms_wire_check_payload(&in->msg, sizes, in->n_payload, err, err_size) != 0)
             st = MS_WIRE_MALFORMED;
     }
+    /* The peek is kept for every message, so a reply to a well-formed message
+     * that is not allowed here can still be addressed to its id. */
+    if (header) ms_wire_peek_header(zframe_data(header), zframe_size(header), &in->peek);
     if (st != MS_WIRE_OK) {
-        if (header) ms_wire_peek_header(zframe_data(header), zframe_size(header), &in->peek);
         ms_msg_fini(&in->msg);
         s_free_payload(in);
     }

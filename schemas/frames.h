@@ -40,7 +40,7 @@ typedef struct ms_frames_in {
     zframe_t **payload;   /* n_payload payload frames (owned; OK only) */
     size_t n_payload;
     size_t total_bytes; /* bytes of header + payloads as received */
-    ms_wire_peek peek;  /* on MALFORMED: what could be read of the header */
+    ms_wire_peek peek;  /* what could be read of the header (always; the only source on MALFORMED) */
 } ms_frames_in;
 
 void ms_frames_in_init(ms_frames_in *in);

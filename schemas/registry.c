@@ -172,54 +172,6 @@ static int s_parse_i64(const char *s, size_t n, int64_t *out) {
     return 0;
 }
 
-int ms_registry_stages_parse(const char *text, unsigned *stages) {
-    static const struct {
-        const char *name;
-        unsigned bit;
-    } names[] = {
-        {"encode", MS_STAGE_ENCODE}, {"prefill", MS_STAGE_PREFILL}, {"decode", MS_STAGE_DECODE}};
-    if (!text || !*text) return -1;
-    unsigned bits = 0;
-    const char *p = text;
-    for (;;) {
-        const char *plus = strchr(p, '+');
-        size_t n = plus ? (size_t)(plus - p) : strlen(p);
-        unsigned bit = 0;
-        for (size_t k = 0; k < MS_ARRAY_LEN(names); k++)
-            if (strlen(names[k].name) == n && memcmp(names[k].name, p, n) == 0) bit = names[k].bit;
-        if (!bit || (bits & bit)) return -1;
-        bits |= bit;
-        if (!plus) break;
-        p = plus + 1;
-    }
-    *stages = bits;
-    return 0;
-}
-
-const char *ms_registry_stages_str(unsigned stages, char buf[MS_STAGES_STR_MAX]) {
-    buf[0] = 0;
-    if (stages & MS_STAGE_ENCODE) strcat(buf, "encode");
-    if (stages & MS_STAGE_PREFILL) strcat(buf, buf[0] ? "+prefill" : "prefill");
-    if (stages & MS_STAGE_DECODE) strcat(buf, buf[0] ? "+decode" : "decode");
-    return buf;
-}
-
-int ms_registry_state_parse(const char *text, ms_actor_state *state) {
-    if (text && strcmp(text, "up") == 0) {
-        *state = MS_ACTOR_UP;
-        return 0;
-    }
-    if (text && strcmp(text, "draining") == 0) {
-        *state = MS_ACTOR_DRAINING;
-        return 0;
-    }
-    return -1;
-}
-
-const char *ms_registry_state_str(ms_actor_state state) {
-    return state == MS_ACTOR_DRAINING ? "draining" : "up";
-}
-
 /* ---- connection, backoff, exchange ------------------------------------ */
 
 static void s_drop(ms_registry *r) {
@@ -443,7 +395,7 @@ static int s_validate(ms_registry *r, const ms_actor_info *info) {
                                f->kind == F_ID ? "1-63 chars of [A-Za-z0-9._:-]"
                                                : "unterminated or non-printable");
         } else if (f->kind == F_STAGES) {
-            if (info->stages == 0 || (info->stages & ~(unsigned)MS_STAGE_ALL))
+            if (info->stages == 0 || (info->stages & ~(unsigned)MS_STAGES_ALL))
                 return ms_errf(r->errstr, sizeof r->errstr,
                                "registry: actor %s: bad stages bit set 0x%x", info->id,
                                info->stages);
@@ -477,10 +429,10 @@ static void s_add_fields(s_cmd *cmd, const ms_actor_info *info, int64_t now_ms, 
             s_cmd_add(cmd, p, strnlen(p, f->size));
             break;
         case F_STAGES:
-            s_cmd_str(cmd, ms_registry_stages_str(info->stages, stages));
+            s_cmd_str(cmd, ms_stages_name(info->stages, stages, sizeof stages));
             break;
         case F_STATE:
-            s_cmd_str(cmd, ms_registry_state_str(info->state));
+            s_cmd_str(cmd, ms_actor_state_name(info->state));
             break;
         case F_STAMP:
             s_cmd_i64(cmd, now_ms);
@@ -634,11 +586,11 @@ static int s_parse_actor(const redisReply *rep, const char *id, ms_actor_info *o
             break;
         }
         case F_STAGES:
-            if (v->len >= MS_STAGES_STR_MAX || ms_registry_stages_parse(v->str, &out->stages) < 0)
+            if (v->len >= MS_STAGES_STR_MAX || ms_stages_parse(v->str, &out->stages, NULL, 0) < 0)
                 return ms_errf(why, why_size, "bad stages '%.40s'", v->str);
             break;
         case F_STATE:
-            if (ms_registry_state_parse(v->str, &out->state) < 0)
+            if (ms_actor_state_parse(v->str, &out->state) < 0)
                 return ms_errf(why, why_size, "bad state '%.40s'", v->str);
             break;
         case F_STAMP:

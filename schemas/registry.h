@@ -25,6 +25,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "stages.h"
+
 #define MS_REGISTRY_HEARTBEAT_MS   500  /* interval at which actors call ms_registry_heartbeat() */
 #define MS_REGISTRY_TTL_MS         2000 /* TTL of an actor hash; refreshed by each heartbeat */
 #define MS_REGISTRY_DEFAULT_PREFIX "ms" /* key prefix when none is given */
@@ -43,27 +45,13 @@
 #define MS_ACTOR_STR_MAX    256 /* model, ctrl, data_ep, host: printable ASCII (0x20-0x7e) */
 #define MS_ACTOR_DEVICE_MAX 64  /* e.g. "cpu", "cuda:0"; printable ASCII */
 
-/* Pipeline stages an actor serves: a bit set. On the wire and in Redis it is
- * the names joined by '+' in this order: "encode", "prefill", "decode",
- * "prefill+decode", "encode+prefill+decode". */
-enum {
-    MS_STAGE_ENCODE = 1u << 0,
-    MS_STAGE_PREFILL = 1u << 1,
-    MS_STAGE_DECODE = 1u << 2,
-    MS_STAGE_ALL = MS_STAGE_ENCODE | MS_STAGE_PREFILL | MS_STAGE_DECODE,
-};
-#define MS_STAGES_STR_MAX 32 /* enough for "encode+prefill+decode" + NUL */
-
-typedef enum {
-    MS_ACTOR_UP = 0,       /* "up": accepts new tasks */
-    MS_ACTOR_DRAINING = 1, /* "draining": finishes what it holds, takes nothing new */
-} ms_actor_state;
+/* Stages, stage sets (MS_STAGES_* masks) and actor states: stages.h. */
 
 /* One actor as published in the registry. Plain data (no pointers): copy it
  * freely. Counters are totals since the actor started. */
 typedef struct {
     char id[MS_ACTOR_ID_MAX];         /* actor id, also its DEALER identity, e.g. "enc-1" */
-    unsigned stages;                  /* MS_STAGE_* bits, non-zero */
+    uint32_t stages;                  /* MS_STAGES_* mask (stages.h), non-zero */
     char model[MS_ACTOR_STR_MAX];     /* model name (the LM GGUF's name or path) */
     char ctrl[MS_ACTOR_STR_MAX];      /* broker back endpoint it is connected to */
     char data_ep[MS_ACTOR_STR_MAX];   /* its data-plane ROUTER endpoint (features, KV pulls) */
@@ -164,16 +152,6 @@ int ms_registry_log_event(ms_registry *self, const char *name, const char *text)
 int ms_registry_events(ms_registry *self, const char *name, int max, char ***lines, int *n);
 void ms_registry_events_free(char ***lines, int n);
 
-/* Stage bit set <-> "encode+prefill+decode" text. parse: names in any order,
- * each at most once, joined by '+'; returns 0 and sets *stages, or -1 for
- * anything else. format: the canonical order; returns buf ("" if stages has
- * no known bit). buf must hold MS_STAGES_STR_MAX bytes. */
-int ms_registry_stages_parse(const char *text, unsigned *stages);
-const char *ms_registry_stages_str(unsigned stages, char buf[MS_STAGES_STR_MAX]);
-
-/* "up" / "draining" <-> ms_actor_state. parse returns 0 or -1. */
-int ms_registry_state_parse(const char *text, ms_actor_state *state);
-const char *ms_registry_state_str(ms_actor_state state);
 
 /* Wall clock in Unix epoch milliseconds (what heartbeat_ms holds). */
 int64_t ms_registry_now_ms(void);

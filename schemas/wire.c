@@ -1109,6 +1109,7 @@ int ms_wire_submit_sampling(const ms_msg_submit *s, ms_sampling_params *out, cha
     if (s->has_top_p) out->top_p = (float)s->top_p;
     if (s->has_min_p) out->min_p = (float)s->min_p;
     if (s->has_seed) out->seed = s->seed;
+    if (s->has_ignore_eos) out->ignore_eos = s->ignore_eos;
     if (s->has_stop) {
         if (s->n_stop > MS_MAX_STOP_STRINGS)
             return ms_errf(err, err_size, "%u stop strings, limit %d", s->n_stop,
@@ -1133,6 +1134,8 @@ void ms_wire_sampling_from_params(const ms_sampling_params *p, ms_wire_sampling 
     out->top_p = p->top_p;
     out->min_p = p->min_p;
     out->seed = p->seed;
+    out->ignore_eos = p->ignore_eos;
+    out->has_ignore_eos = p->ignore_eos; /* sent only when set */
     int n = MS_MIN(MS_MAX(p->n_stop, 0), MS_MAX_STOP_STRINGS);
     if (n > 0) {
         out->stop = ms_xcalloc((size_t)n, sizeof *out->stop);
@@ -1154,6 +1157,7 @@ int ms_wire_sampling_to_params(const ms_wire_sampling *w, ms_sampling_params *ou
     out->top_p = (float)w->top_p;
     out->min_p = (float)w->min_p;
     out->seed = w->seed;
+    out->ignore_eos = w->has_ignore_eos && w->ignore_eos;
     if (w->n_stop > MS_MAX_STOP_STRINGS)
         return ms_errf(err, err_size, "%u stop strings, limit %d", w->n_stop, MS_MAX_STOP_STRINGS);
     for (uint32_t i = 0; i < w->n_stop; i++) {

@@ -744,7 +744,7 @@ Test(actor, encoder_features_cache_and_drain, .init = redis_up, .fini = redis_do
     ms_registry *r = registry();
     const int64_t want[3] = {2, 1, 2};
     ms_actor_info info = registry_wait(r, enc.id, enc_counts, want);
-    cr_assert_eq(info.stages, MS_STAGE_ENCODE);
+    cr_assert_eq(info.stages, MS_STAGES_ENCODE);
     cr_assert_eq(info.pid, (int64_t)enc.pid);
     cr_assert_str_eq(info.data_ep, enc.data_ep);
     cr_assert_eq(info.state, MS_ACTOR_UP);
@@ -863,7 +863,7 @@ Test(actor, text_instance_stream_equals_generate, .init = redis_up, .fini = redi
     ms_registry *r = registry();
     const int64_t want[3] = {N + 2, tokens, N + 2};
     ms_actor_info info = registry_wait(r, tx.id, text_counts, want);
-    cr_assert_eq(info.stages, MS_STAGE_PREFILL | MS_STAGE_DECODE);
+    cr_assert_eq(info.stages, MS_STAGES_PREFILL | MS_STAGES_DECODE);
     cr_assert_gt(info.free_kv_blocks, 0);
     cr_assert_eq(info.queued_prompt_tokens, 0);
 

@@ -897,7 +897,7 @@ static zsock_t *fake_actor_start(ms_registry *reg) {
     ms_actor_info info;
     memset(&info, 0, sizeof info);
     snprintf(info.id, sizeof info.id, "%s", T_FAKE_ID);
-    info.stages = MS_STAGE_PREFILL | MS_STAGE_DECODE;
+    info.stages = MS_STAGES_PREFILL | MS_STAGES_DECODE;
     snprintf(info.model, sizeof info.model, "tiny");
     snprintf(info.ctrl, sizeof info.ctrl, "%.200s", g_c.back);
     snprintf(info.data_ep, sizeof info.data_ep, "tcp://127.0.0.1:1");

@@ -125,7 +125,7 @@ Test(registry, register_then_list_shows_every_field, .init = redis_up, .fini = r
     ms_registry *r = open_registry();
     cr_assert(ms_registry_connected(r));
     cr_assert_eq(ms_registry_ping(r), 0);
-    ms_actor_info a = make_info("enc-1", MS_STAGE_ENCODE | MS_STAGE_PREFILL | MS_STAGE_DECODE, 3);
+    ms_actor_info a = make_info("enc-1", MS_STAGES_ENCODE | MS_STAGES_PREFILL | MS_STAGES_DECODE, 3);
     int64_t before = ms_registry_now_ms();
     cr_assert_eq(ms_registry_register(r, &a), 0, "%s", ms_registry_errstr(r));
     int64_t after = ms_registry_now_ms();
@@ -155,7 +155,7 @@ Test(registry, register_then_list_shows_every_field, .init = redis_up, .fini = r
 Test(registry, heartbeat_updates_load_and_ttl, .init = redis_up, .fini = redis_down,
      .timeout = T_TIMEOUT_S) {
     ms_registry *r = open_registry();
-    ms_actor_info a = make_info("dec-1", MS_STAGE_DECODE, 1);
+    ms_actor_info a = make_info("dec-1", MS_STAGES_DECODE, 1);
     cr_assert_eq(ms_registry_register(r, &a), 0);
     ms_actor_info *list = NULL;
     cr_assert_eq(list_n(r, &list), 1);
@@ -195,8 +195,8 @@ Test(registry, heartbeat_updates_load_and_ttl, .init = redis_up, .fini = redis_d
 Test(registry, ttl_expiry_removes_actor_and_prunes_set, .init = redis_up, .fini = redis_down,
      .timeout = T_TIMEOUT_S) {
     ms_registry *r = open_registry();
-    ms_actor_info a = make_info("pre-1", MS_STAGE_PREFILL, 2);
-    ms_actor_info b = make_info("pre-2", MS_STAGE_PREFILL, 4);
+    ms_actor_info a = make_info("pre-1", MS_STAGES_PREFILL, 2);
+    ms_actor_info b = make_info("pre-2", MS_STAGES_PREFILL, 4);
     cr_assert_eq(ms_registry_register(r, &a), 0);
     cr_assert_eq(ms_registry_register(r, &b), 0);
     /* b heartbeats, a goes silent. */
@@ -216,8 +216,8 @@ Test(registry, ttl_expiry_removes_actor_and_prunes_set, .init = redis_up, .fini 
 
 Test(registry, deregister, .init = redis_up, .fini = redis_down, .timeout = T_TIMEOUT_S) {
     ms_registry *r = open_registry();
-    ms_actor_info a = make_info("enc-1", MS_STAGE_ENCODE, 1);
-    ms_actor_info b = make_info("enc-2", MS_STAGE_ENCODE, 2);
+    ms_actor_info a = make_info("enc-1", MS_STAGES_ENCODE, 1);
+    ms_actor_info b = make_info("enc-2", MS_STAGES_ENCODE, 2);
     cr_assert_eq(ms_registry_register(r, &a), 0);
     cr_assert_eq(ms_registry_register(r, &b), 0);
     cr_assert_eq(ms_registry_deregister(r, "enc-1"), 0);
@@ -238,8 +238,8 @@ Test(registry, deregister, .init = redis_up, .fini = redis_down, .timeout = T_TI
 Test(registry, two_actors_sorted_and_distinct, .init = redis_up, .fini = redis_down,
      .timeout = T_TIMEOUT_S) {
     ms_registry *r = open_registry();
-    ms_actor_info a = make_info("text-1", MS_STAGE_PREFILL | MS_STAGE_DECODE, 5);
-    ms_actor_info b = make_info("enc-1", MS_STAGE_ENCODE, 6);
+    ms_actor_info a = make_info("text-1", MS_STAGES_PREFILL | MS_STAGES_DECODE, 5);
+    ms_actor_info b = make_info("enc-1", MS_STAGES_ENCODE, 6);
     cr_assert_eq(ms_registry_register(r, &a), 0);
     cr_assert_eq(ms_registry_register(r, &b), 0);
     ms_actor_info *list = NULL;
@@ -283,7 +283,7 @@ static void raw_actor(const char *id, const char *field, const char *value) {
 Test(registry, garbage_entries_are_skipped, .init = redis_up, .fini = redis_down,
      .timeout = T_TIMEOUT_S) {
     ms_registry *r = open_registry();
-    ms_actor_info good = make_info("good-1", MS_STAGE_ALL, 7);
+    ms_actor_info good = make_info("good-1", MS_STAGES_ALL, 7);
     cr_assert_eq(ms_registry_register(r, &good), 0);
 
     raw_actor("raw-ok", NULL, NULL); /* control: the raw writer itself is valid */
@@ -318,7 +318,7 @@ Test(registry, garbage_entries_are_skipped, .init = redis_up, .fini = redis_down
     cr_assert_eq(n, 2, "expected good-1 and raw-ok only, got %d", n);
     assert_same(&list[0], &good);
     cr_assert_str_eq(list[1].id, "raw-ok");
-    cr_assert_eq(list[1].stages, MS_STAGE_ENCODE);
+    cr_assert_eq(list[1].stages, MS_STAGES_ENCODE);
     free(list);
     cr_assert_str_eq(RAW("SISMEMBER", T_PREFIX ":actors", "ghost"), ":0");
     cr_assert_str_eq(RAW("SISMEMBER", T_PREFIX ":actors", "bad id!"), ":0");
@@ -342,7 +342,7 @@ Test(registry, invalid_input_is_refused, .init = redis_up, .fini = redis_down,
     cr_assert_null(ms_registry_new("127.0.0.1", g_redis.port, "bad prefix", err, sizeof err));
     cr_assert(strstr(err, "prefix") != NULL, "%s", err);
     ms_registry *r = open_registry();
-    ms_actor_info a = make_info("x-1", MS_STAGE_ENCODE, 1);
+    ms_actor_info a = make_info("x-1", MS_STAGES_ENCODE, 1);
     ms_actor_info bad = a;
     snprintf(bad.id, sizeof bad.id, "has space");
     cr_assert_eq(ms_registry_register(r, &bad), -1);
@@ -367,20 +367,20 @@ Test(registry, invalid_input_is_refused, .init = redis_up, .fini = redis_down,
 
     unsigned st = 0;
     char buf[MS_STAGES_STR_MAX];
-    cr_assert_eq(ms_registry_stages_parse("decode+encode", &st), 0);
-    cr_assert_eq(st, MS_STAGE_ENCODE | MS_STAGE_DECODE);
-    cr_assert_str_eq(ms_registry_stages_str(st, buf), "encode+decode");
-    cr_assert_str_eq(ms_registry_stages_str(MS_STAGE_ALL, buf), "encode+prefill+decode");
-    cr_assert_eq(ms_registry_stages_parse("prefill+decode", &st), 0);
-    cr_assert_str_eq(ms_registry_stages_str(st, buf), "prefill+decode");
-    cr_assert_eq(ms_registry_stages_parse("", &st), -1);
-    cr_assert_eq(ms_registry_stages_parse("encode+", &st), -1);
-    cr_assert_eq(ms_registry_stages_parse("+encode", &st), -1);
-    cr_assert_eq(ms_registry_stages_parse("Encode", &st), -1);
+    cr_assert_eq(ms_stages_parse("decode+encode", &st, NULL, 0), 0);
+    cr_assert_eq(st, MS_STAGES_ENCODE | MS_STAGES_DECODE);
+    cr_assert_str_eq(ms_stages_name(st, buf, sizeof buf), "encode+decode");
+    cr_assert_str_eq(ms_stages_name(MS_STAGES_ALL, buf, sizeof buf), "encode+prefill+decode");
+    cr_assert_eq(ms_stages_parse("prefill+decode", &st, NULL, 0), 0);
+    cr_assert_str_eq(ms_stages_name(st, buf, sizeof buf), "prefill+decode");
+    cr_assert_eq(ms_stages_parse("", &st, NULL, 0), -1);
+    cr_assert_eq(ms_stages_parse("encode+", &st, NULL, 0), -1);
+    cr_assert_eq(ms_stages_parse("+encode", &st, NULL, 0), -1);
+    cr_assert_eq(ms_stages_parse("Encode", &st, NULL, 0), -1);
     ms_actor_state s;
-    cr_assert_eq(ms_registry_state_parse("draining", &s), 0);
+    cr_assert_eq(ms_actor_state_parse("draining", &s), 0);
     cr_assert_eq(s, MS_ACTOR_DRAINING);
-    cr_assert_eq(ms_registry_state_parse("UP", &s), -1);
+    cr_assert_eq(ms_actor_state_parse("UP", &s), -1);
     ms_registry_destroy(&r);
 }
 
@@ -397,8 +397,8 @@ Test(registry, invalid_input_is_refused, .init = redis_up, .fini = redis_down,
 Test(registry, survives_redis_restart, .init = redis_up, .fini = redis_down,
      .timeout = T_TIMEOUT_S) {
     ms_registry *r = open_registry();
-    ms_actor_info a = make_info("enc-1", MS_STAGE_ENCODE, 1);
-    ms_actor_info b = make_info("text-1", MS_STAGE_PREFILL | MS_STAGE_DECODE, 2);
+    ms_actor_info a = make_info("enc-1", MS_STAGES_ENCODE, 1);
+    ms_actor_info b = make_info("text-1", MS_STAGES_PREFILL | MS_STAGES_DECODE, 2);
     cr_assert_eq(ms_registry_register(r, &a), 0);
     cr_assert_eq(ms_registry_register(r, &b), 0);
     cr_assert_eq(ms_registry_log_event(r, "autoscaler", "before"), 0);
@@ -452,7 +452,7 @@ Test(registry, restart_without_calls_in_between, .init = redis_up, .fini = redis
     /* The connection goes stale silently: the first call after the restart
      * reconnects and succeeds at once (one resend for idempotent commands). */
     ms_registry *r = open_registry();
-    ms_actor_info a = make_info("enc-1", MS_STAGE_ENCODE, 1);
+    ms_actor_info a = make_info("enc-1", MS_STAGES_ENCODE, 1);
     cr_assert_eq(ms_registry_register(r, &a), 0);
     cr_assert_gt(ms_test_redis_restart(&g_redis), 0);
     cr_assert_eq(ms_registry_heartbeat(r, &a), 0, "%s", ms_registry_errstr(r));
@@ -467,7 +467,7 @@ Test(registry, created_while_redis_down, .init = redis_up, .fini = redis_down,
     ms_registry *r = open_registry();
     cr_assert_lt(now_ms() - t0, T_CALL_BOUND_MS, "new blocked");
     cr_assert_eq(ms_registry_connected(r), 0);
-    ms_actor_info a = make_info("enc-9", MS_STAGE_ENCODE, 9);
+    ms_actor_info a = make_info("enc-9", MS_STAGES_ENCODE, 9);
     ASSERT_FAILS_FAST(ms_registry_register(r, &a));
     ASSERT_FAILS_FAST(ms_registry_heartbeat(r, &a));
     cr_assert(strstr(ms_registry_errstr(r), "redis") != NULL, "%s", ms_registry_errstr(r));
@@ -491,7 +491,7 @@ Test(registry, created_while_redis_down, .init = redis_up, .fini = redis_down,
 Test(registry, hung_redis_does_not_block, .init = redis_up, .fini = redis_down,
      .timeout = T_TIMEOUT_S) {
     ms_registry *r = open_registry();
-    ms_actor_info a = make_info("enc-1", MS_STAGE_ENCODE, 1);
+    ms_actor_info a = make_info("enc-1", MS_STAGES_ENCODE, 1);
     cr_assert_eq(ms_registry_register(r, &a), 0);
     cr_assert_eq(kill(g_redis.pid, SIGSTOP), 0);
     for (int i = 0; i < 3; i++) {

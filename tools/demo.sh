@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
-# demo.sh — the main job: sets up and builds modserve, generates the demo model
-# (seeded, into models/), and answers a question about the bundled sample image.
+# demo.sh — the main job (README quickstart): the local cluster demo,
+# tools/cluster-demo.sh — setup and build, demo models, `modserve up`, a
+# request about the sample image, a mixed workload with its latency report,
+# `modserve status`, `modserve down` (always). Arguments and environment
+# (LAYOUT, MS_BUILD_DIR, MS_RUN_DIR, MS_SKIP_SETUP) pass through.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-tools/setup.sh build
-[ -f models/demo-lm.gguf ] && [ -f models/demo-mmproj.gguf ] ||
-  build/bin/modserve-mkmodel --preset demo --out models
-build/bin/modserve-run -m models/demo-lm.gguf --mmproj models/demo-mmproj.gguf \
-  --image tests/data/images/sample.jpg -p "Describe this image." -n 48 --seed 1
+exec "$(dirname "$0")/cluster-demo.sh" "$@"
