@@ -175,6 +175,17 @@ static void s_poll_registry(ms_broker *b, int64_t now) {
         int slot = ms_broker_actor_slot(b, e->id);
         if (slot < 0) continue;
         ms_bactor *a = &b->actors[slot];
+        if (e->heartbeat_age_ms > MS_BROKER_STALE_MS && e->pid == a->pid) {
+            /* heartbeats come from a thread of their own: a stale one means the
+             * process is gone (or wedged), even though its entry has not expired */
+            if (a->alive && now >= b->reg_grace_until_ms) {
+                char why[96];
+                snprintf(why, sizeof why, "its heartbeat is %" PRId64 " ms old",
+                         e->heartbeat_age_ms);
+                ms_broker_actor_lost(b, slot, why);
+            }
+            continue;
+        }
         if (a->alive && a->pid != 0 && e->pid != a->pid) {
             /* a new process under the same id; the Hello may come before or after */
             if (a->t_hello_ms == 0 || now - a->t_hello_ms > MS_BROKER_HELLO_GRACE_MS)

@@ -30,6 +30,7 @@
 #include <stdint.h>
 
 #include "policy.h"
+#include "registry.h"
 
 #define MS_BROKER_FRONT_DEFAULT      "tcp://127.0.0.1:5555" /* producers' endpoint */
 #define MS_BROKER_BACK_DEFAULT       "tcp://127.0.0.1:5556" /* actors' endpoint */
@@ -41,6 +42,9 @@
 #define MS_BROKER_MISSING_MS                                                                       \
     1000 /* an actor absent from the registry this long                                            \
             (while Redis answers) is dead */
+#define MS_BROKER_STALE_MS                                                                         \
+    (4 * MS_REGISTRY_HEARTBEAT_MS) /* an actor whose listed heartbeat is this old is dead,      \
+                                      without waiting for its entry to expire */
 #define MS_BROKER_HELLO_GRACE_MS                                                                   \
     3000 /* an actor known only from its Hello is kept this                                        \
             long before the registry must confirm it */

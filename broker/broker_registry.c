@@ -79,6 +79,7 @@ int ms_breg_list(ms_breg *r, ms_breg_actor **out, int *n) {
             a[i].queued_prompt_tokens = in->queued_prompt_tokens;
             a[i].running_seqs = in->running_seqs;
             a[i].free_kv_blocks = in->free_kv_blocks;
+            a[i].heartbeat_age_ms = ms_registry_now_ms() - in->heartbeat_ms;
         }
         *out = a;
         *n = ni;

@@ -33,6 +33,7 @@ typedef struct ms_breg_actor {
     int64_t queued_prompt_tokens;
     int64_t running_seqs;
     int64_t free_kv_blocks;
+    int64_t heartbeat_age_ms;        /* wall-clock age of its last heartbeat */
 } ms_breg_actor;
 
 typedef struct ms_breg ms_breg;
