@@ -703,8 +703,11 @@ void ms_broker_task_failed(ms_broker *b, ms_btask *t, bool counts_retry, const c
         }
         return;
     }
-    if (stage == MS_STAGE_PREFILL && strcmp(code, "not_found") == 0) {
-        /* features were not where we said: encode again (cheap if cached) */
+    if (stage == MS_STAGE_PREFILL &&
+        (strcmp(code, "not_found") == 0 || strcmp(code, "unavailable") == 0)) {
+        /* features were not where we said, or their encoder did not answer the
+         * pull (it is likely dead, before the registry shows it): encode again
+         * rather than send the prefill to the same place (cheap if cached) */
         for (int i = 0; i < r->n_images; i++) {
             r->images[i].state = MS_IMG_PENDING;
             r->images[i].actor = -1;
