@@ -50,7 +50,8 @@ char *ms_xstrndup(const char *s, size_t n);
  * files larger than max_bytes are refused. */
 uint8_t *ms_read_file(const char *path, size_t max_bytes, size_t *len, char *err, size_t err_size);
 
-/* 64-bit FNV-1a then a splitmix finaliser: a fast content hash (not crypto). */
+/* A fast 64-bit content hash (not cryptographic): 4-lane multiply-rotate over
+ * 32-byte stripes, FNV-1a over the tail, splitmix finaliser. */
 uint64_t ms_hash64(const void *data, size_t n);
 
 #define MS_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
