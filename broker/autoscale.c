@@ -73,6 +73,37 @@ void ms_load_acc_close(ms_load_acc *a, int64_t end_ms, ms_load_window *w) {
     ms_load_acc_init(a, end_ms);
 }
 
+/* Growth of a cumulative counter; a decrease means it restarted from 0. */
+static int64_t s_delta(int64_t prev, int64_t cur) {
+    return cur >= prev ? cur - prev : cur;
+}
+
+int ms_load_window_from_counters(const ms_load_counters *prev, const ms_load_counters *cur,
+                                 ms_load_window *w) {
+    assert(prev && cur && w);
+    if (cur->at_ms <= prev->at_ms) return -1;
+    ms_load_acc a;
+    ms_load_acc_init(&a, prev->at_ms);
+    a.units[MS_STAGE_ENCODE] = (double)s_delta(prev->image_tokens, cur->image_tokens);
+    a.units[MS_STAGE_PREFILL] = (double)s_delta(prev->prompt_tokens, cur->prompt_tokens);
+    a.units[MS_STAGE_DECODE] = (double)s_delta(prev->generated_tokens, cur->generated_tokens);
+    a.images = s_delta(prev->images, cur->images);
+    a.image_requests = s_delta(prev->image_requests, cur->image_requests);
+    int64_t done = s_delta(prev->requests_done, cur->requests_done);
+    int64_t met = s_delta(prev->requests_met, cur->requests_met);
+    if (met > done) met = done; /* a restart between the two reads of one snapshot */
+    a.requests = (int32_t)MS_MIN(done, (int64_t)INT32_MAX);
+    a.requests_met = (int32_t)MS_MIN(met, (int64_t)a.requests);
+    for (int s = 0; s < MS_STAGE_COUNT; s++) {
+        const int64_t seen = s_delta(prev->stage_seen[s], cur->stage_seen[s]);
+        const int64_t ok = s_delta(prev->stage_met[s], cur->stage_met[s]);
+        a.stage_seen[s] = (int32_t)MS_MIN(seen, (int64_t)INT32_MAX);
+        a.stage_met[s] = (int32_t)MS_MIN(ok, (int64_t)a.stage_seen[s]);
+    }
+    ms_load_acc_close(&a, cur->at_ms, w);
+    return 0;
+}
+
 /* ---- config, capacity, need -------------------------------------------------------- */
 
 void ms_autoscale_config_default(ms_autoscale_config *c) {
@@ -106,7 +137,8 @@ int ms_autoscale_config_validate(const ms_autoscale_config *c, char *err, size_t
 
 void ms_autoscale_capacity_from_profile(const ms_profile *prof, double capacity[MS_STAGE_COUNT]) {
     assert(prof && capacity);
-    for (int s = 0; s < MS_STAGE_COUNT; s++) capacity[s] = prof->stage[s].capacity_per_s;
+    for (int s = 0; s < MS_STAGE_COUNT; s++)
+        capacity[s] = prof->stage[s].capacity_per_s;
 }
 
 double ms_autoscale_need(const ms_load_window *w, uint32_t stages,
@@ -129,16 +161,24 @@ static int32_t s_ceil_replicas(double need) {
     return c >= (double)MS_AUTOSCALE_MAX_REPLICAS ? MS_AUTOSCALE_MAX_REPLICAS : (int32_t)c;
 }
 
-static int32_t s_clamp(int32_t v, int32_t lo, int32_t hi) { return v < lo ? lo : v > hi ? hi : v; }
+static int32_t s_clamp(int32_t v, int32_t lo, int32_t hi) {
+    return v < lo ? lo : v > hi ? hi : v;
+}
 
 const char *ms_scale_trigger_name(ms_scale_trigger t) {
     switch (t) {
-    case MS_TRIGGER_NONE: return "none";
-    case MS_TRIGGER_LOAD: return "load";
-    case MS_TRIGGER_ATTAINMENT: return "attainment";
-    case MS_TRIGGER_MIN: return "min";
-    case MS_TRIGGER_MAX: return "max";
-    case MS_TRIGGER_INITIAL: return "initial";
+    case MS_TRIGGER_NONE:
+        return "none";
+    case MS_TRIGGER_LOAD:
+        return "load";
+    case MS_TRIGGER_ATTAINMENT:
+        return "attainment";
+    case MS_TRIGGER_MIN:
+        return "min";
+    case MS_TRIGGER_MAX:
+        return "max";
+    case MS_TRIGGER_INITIAL:
+        return "initial";
     }
     return "?";
 }
@@ -213,8 +253,8 @@ static int s_check_inputs(const ms_autoscale_config *cfg, const ms_load_window *
             return ms_errf(err, err_size, "window %zu ends before window %zu (oldest first)", i,
                            i - 1);
         if (w[i].requests < 0 || w[i].requests_met < 0 || w[i].requests_met > w[i].requests)
-            return ms_errf(err, err_size, "window %zu: requests_met %d of %d", i,
-                           w[i].requests_met, w[i].requests);
+            return ms_errf(err, err_size, "window %zu: requests_met %d of %d", i, w[i].requests_met,
+                           w[i].requests);
     }
     for (size_t p = 0; p < n_pools; p++) {
         const ms_pool_config *c = pools[p].cfg;
@@ -267,7 +307,7 @@ static void s_lagging(const ms_autoscale_config *cfg, const ms_load_window *late
 }
 
 typedef struct {
-    size_t pos;    /* position in actors[] */
+    size_t pos; /* position in actors[] */
     const ms_scale_actor *a;
 } s_cand;
 
@@ -322,9 +362,8 @@ static int32_t s_down_target(const ms_autoscale_config *cfg, int64_t now, const 
 }
 
 static void s_decide_pool(const ms_autoscale_config *cfg, int64_t now, const ms_load_window *w,
-                          size_t n_w, const double capacity[MS_STAGE_COUNT],
-                          const ms_pool_view *pv, bool lagging, bool attain_low, double attain,
-                          ms_pool_decision *d) {
+                          size_t n_w, const double capacity[MS_STAGE_COUNT], const ms_pool_view *pv,
+                          bool lagging, bool attain_low, double attain, ms_pool_decision *d) {
     const ms_pool_config *c = pv->cfg;
     memset(d, 0, sizeof(*d));
     d->state = pv->state;
@@ -384,7 +423,8 @@ static void s_decide_pool(const ms_autoscale_config *cfg, int64_t now, const ms_
             s_why(d, "; below capacity, scaled up %lld ms ago (cooldown %lld ms): hold",
                   (long long)(now - pv->state.last_up_ms), (long long)cfg->down_cooldown_ms);
         } else if (!s_elapsed(now, pv->state.last_down_ms, cfg->window_ms)) {
-            s_why(d, "; below capacity, scaled down %lld ms ago (one step per %lld ms window): hold",
+            s_why(d,
+                  "; below capacity, scaled down %lld ms ago (one step per %lld ms window): hold",
                   (long long)(now - pv->state.last_down_ms), (long long)cfg->window_ms);
         } else if (down >= cur) {
             s_why(d, "; within the %.0f%% hysteresis band over the cooldown: hold",
@@ -424,7 +464,8 @@ static void s_decide_pool(const ms_autoscale_config *cfg, int64_t now, const ms_
                 cand[nc++] = (s_cand){.pos = i, .a = &pv->actors[i]};
         qsort(cand, nc, sizeof(cand[0]), s_cand_cmp);
         const int32_t k = cur - target;
-        for (int32_t i = 0; i < k && (size_t)i < nc; i++) d->drain[d->n_drain++] = (int32_t)cand[i].pos;
+        for (int32_t i = 0; i < k && (size_t)i < nc; i++)
+            d->drain[d->n_drain++] = (int32_t)cand[i].pos;
         d->state.last_down_ms = now;
         s_why(d, " -> drain %d (target %d, %s)", d->n_drain, target, ms_scale_trigger_name(trig));
     } else {

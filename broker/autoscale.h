@@ -45,17 +45,17 @@
 #include "policy.h"
 #include "profile.h"
 
-#define MS_AUTOSCALE_WINDOW_MS_DEFAULT        10000  /* load window */
-#define MS_AUTOSCALE_UP_COOLDOWN_MS_DEFAULT   10000  /* between attainment-triggered scale-ups */
-#define MS_AUTOSCALE_DOWN_COOLDOWN_MS_DEFAULT 60000  /* quiet time before a scale-down */
-#define MS_AUTOSCALE_DOWN_BAND_DEFAULT        0.2    /* scale down only with this headroom left */
-#define MS_AUTOSCALE_ATTAINMENT_DEFAULT       0.99   /* SLO attainment threshold (paper) */
-#define MS_AUTOSCALE_ATTAINMENT_MIN_REQUESTS  20     /* fewer finished requests: attainment ignored */
-#define MS_AUTOSCALE_MAX_POOLS                8      /* pools one decision handles */
-#define MS_AUTOSCALE_MAX_ACTORS               256    /* actors of one pool one decision handles */
-#define MS_AUTOSCALE_MAX_REPLICAS             4096   /* largest max_replicas accepted */
-#define MS_AUTOSCALE_NAME_MAX                 32     /* pool name bytes incl. NUL */
-#define MS_AUTOSCALE_REASON_MAX               512    /* reason text bytes incl. NUL */
+#define MS_AUTOSCALE_WINDOW_MS_DEFAULT        10000 /* load window */
+#define MS_AUTOSCALE_UP_COOLDOWN_MS_DEFAULT   10000 /* between attainment-triggered scale-ups */
+#define MS_AUTOSCALE_DOWN_COOLDOWN_MS_DEFAULT 60000 /* quiet time before a scale-down */
+#define MS_AUTOSCALE_DOWN_BAND_DEFAULT        0.2   /* scale down only with this headroom left */
+#define MS_AUTOSCALE_ATTAINMENT_DEFAULT       0.99  /* SLO attainment threshold (paper) */
+#define MS_AUTOSCALE_ATTAINMENT_MIN_REQUESTS  20   /* fewer finished requests: attainment ignored */
+#define MS_AUTOSCALE_MAX_POOLS                8    /* pools one decision handles */
+#define MS_AUTOSCALE_MAX_ACTORS               256  /* actors of one pool one decision handles */
+#define MS_AUTOSCALE_MAX_REPLICAS             4096 /* largest max_replicas accepted */
+#define MS_AUTOSCALE_NAME_MAX                 32   /* pool name bytes incl. NUL */
+#define MS_AUTOSCALE_REASON_MAX               512  /* reason text bytes incl. NUL */
 #define MS_AUTOSCALE_NEVER                    INT64_MIN /* a last_*_ms that never happened */
 
 /* ---- load over a window ------------------------------------------------------ */
@@ -82,14 +82,14 @@ double ms_load_window_attainment(const ms_load_window *w);
 /* Accumulates one window from events (the autoscaler process, the simulator
  * and the replay benchmark feed it; caller-owned storage, _init only). */
 typedef struct {
-    int64_t start_ms;                     /* window start */
-    double units[MS_STAGE_COUNT];         /* image tokens, prompt tokens, generated tokens */
-    int64_t images;                       /* images arrived */
-    int64_t image_requests;               /* requests with images arrived */
-    int32_t requests;                     /* requests finished */
-    int32_t requests_met;                 /* of those, within both SLOs */
-    int32_t stage_seen[MS_STAGE_COUNT];   /* finished requests with a verdict for the stage */
-    int32_t stage_met[MS_STAGE_COUNT];    /* of those, within the stage's share */
+    int64_t start_ms;                   /* window start */
+    double units[MS_STAGE_COUNT];       /* image tokens, prompt tokens, generated tokens */
+    int64_t images;                     /* images arrived */
+    int64_t image_requests;             /* requests with images arrived */
+    int32_t requests;                   /* requests finished */
+    int32_t requests_met;               /* of those, within both SLOs */
+    int32_t stage_seen[MS_STAGE_COUNT]; /* finished requests with a verdict for the stage */
+    int32_t stage_met[MS_STAGE_COUNT];  /* of those, within the stage's share */
 } ms_load_acc;
 
 void ms_load_acc_init(ms_load_acc *a, int64_t start_ms);
@@ -105,6 +105,28 @@ void ms_load_acc_done(ms_load_acc *a, bool met, const int8_t stage_ok[MS_STAGE_C
 /* Writes the window [start_ms, end_ms) into *w (end_ms <= start_ms is a
  * programmer error) and restarts the accumulator at end_ms. */
 void ms_load_acc_close(ms_load_acc *a, int64_t end_ms, ms_load_window *w);
+
+/* Cumulative counters as a broker publishes them (totals since it started),
+ * for processes that read snapshots instead of events. */
+typedef struct {
+    int64_t at_ms;                      /* when the snapshot was taken (caller's clock) */
+    int64_t image_tokens;               /* image tokens of the requests accepted */
+    int64_t prompt_tokens;              /* prompt tokens (text + image) of the requests accepted */
+    int64_t generated_tokens;           /* tokens generated */
+    int64_t images;                     /* images accepted */
+    int64_t image_requests;             /* requests with images accepted */
+    int64_t requests_done;              /* requests finished */
+    int64_t requests_met;               /* of those, within both SLOs */
+    int64_t stage_seen[MS_STAGE_COUNT]; /* finished requests with a verdict for the stage */
+    int64_t stage_met[MS_STAGE_COUNT];  /* of those, within the stage's share */
+} ms_load_counters;
+
+/* The window between two snapshots: rates = differences / elapsed time. A
+ * counter that went down (the broker restarted) counts from 0, i.e. its
+ * difference is the new value. Returns 0, or -1 if cur->at_ms <= prev->at_ms
+ * (nothing written). */
+int ms_load_window_from_counters(const ms_load_counters *prev, const ms_load_counters *cur,
+                                 ms_load_window *w);
 
 /* ---- pools and actors ------------------------------------------------------------ */
 
@@ -150,15 +172,15 @@ typedef struct {
 } ms_pool_view;
 
 typedef struct {
-    int64_t window_ms;             /* load window length (the caller's cadence), > 0; also
-                                      the least time between two scale-downs of a pool */
-    int64_t up_cooldown_ms;        /* attainment trigger: at most one scale-up per this, >= 0 */
-    int64_t down_cooldown_ms;      /* scale down only after this long quiet (and this long
-                                      after a scale-up), >= 0 */
-    double down_band;              /* [0, 1): headroom a scale-down must leave */
-    double attainment_threshold;   /* (0, 1]: below it the event trigger fires */
+    int64_t window_ms;               /* load window length (the caller's cadence), > 0; also
+                                        the least time between two scale-downs of a pool */
+    int64_t up_cooldown_ms;          /* attainment trigger: at most one scale-up per this, >= 0 */
+    int64_t down_cooldown_ms;        /* scale down only after this long quiet (and this long
+                                        after a scale-up), >= 0 */
+    double down_band;                /* [0, 1): headroom a scale-down must leave */
+    double attainment_threshold;     /* (0, 1]: below it the event trigger fires */
     int32_t attainment_min_requests; /* >= 1: fewer finished requests → attainment ignored */
-    int32_t max_step_down;         /* actors drained per decision and pool, 0 = no limit */
+    int32_t max_step_down;           /* actors drained per decision and pool, 0 = no limit */
 } ms_autoscale_config;
 
 /* The MS_AUTOSCALE_*_DEFAULT values; max_step_down 0 (no limit). */
@@ -191,17 +213,17 @@ typedef enum {
 const char *ms_scale_trigger_name(ms_scale_trigger t);
 
 typedef struct {
-    int32_t current;   /* actors counted before the decision: starting + up */
-    int32_t draining;  /* actors already draining (leaving; not in current) */
-    double need;       /* fractional replicas the latest window needs (0 without windows) */
-    bool need_known;   /* false: no stage of the pool has a known capacity */
-    int32_t target;    /* replicas wanted after the decision */
+    int32_t current;          /* actors counted before the decision: starting + up */
+    int32_t draining;         /* actors already draining (leaving; not in current) */
+    double need;              /* fractional replicas the latest window needs (0 without windows) */
+    bool need_known;          /* false: no stage of the pool has a known capacity */
+    int32_t target;           /* replicas wanted after the decision */
     ms_scale_trigger trigger; /* why target differs from current (NONE: it does not) */
-    int32_t n_start;   /* processes to start now (target - current when growing) */
-    int32_t n_drain;   /* actors to drain now */
+    int32_t n_start;          /* processes to start now (target - current when growing) */
+    int32_t n_drain;          /* actors to drain now */
     int32_t drain[MS_AUTOSCALE_MAX_ACTORS]; /* [n_drain] positions in the pool's actors[] */
-    int32_t n_stop;    /* draining actors with no work left: stop (or reap) them */
-    int32_t stop[MS_AUTOSCALE_MAX_ACTORS];  /* [n_stop] positions in the pool's actors[] */
+    int32_t n_stop; /* draining actors with no work left: stop (or reap) them */
+    int32_t stop[MS_AUTOSCALE_MAX_ACTORS]; /* [n_stop] positions in the pool's actors[] */
     ms_pool_state state; /* the pool's state after this decision: pass it next time */
     char reason[MS_AUTOSCALE_REASON_MAX]; /* one line for the log and Redis */
 } ms_pool_decision;

@@ -18,12 +18,13 @@
 #include "image.h"
 #include "ms_common.h"
 
-#define S_TOKEN_STRIDE  7919 /* synthetic token ids: 1 + (i * stride) % (n_vocab - 1) */
-#define S_SEQ_OFFSET    31   /* per-sequence offset of the synthetic ids */
-#define S_KV_SLACK      64   /* KV tokens beyond what a phase needs, per sequence */
-#define S_PREFILL_BATCH_TOKENS 128 /* tokens per sequence of the prefill_batch curve */
-#define S_MIB           (1024.0 * 1024.0)
-#define S_ZMQ_TIMEOUT_MS 10000 /* one loopback message must arrive within this */
+#define S_TOKEN_STRIDE         7919 /* synthetic token ids: 1 + (i * stride) % (n_vocab - 1) */
+#define S_SEQ_OFFSET           31   /* per-sequence offset of the synthetic ids */
+#define S_KV_SLACK             64   /* KV tokens beyond what a phase needs, per sequence */
+#define S_PREFILL_BATCH_TOKENS 128  /* tokens per sequence of the prefill_batch curve */
+#define S_MIB                  (1024.0 * 1024.0)
+#define S_ZMQ_TIMEOUT_MS       10000 /* one loopback message must arrive within this */
+#define S_MIN_CTX              32    /* smallest model context the point sets fit in */
 
 /* ---- SLO math --------------------------------------------------------------- */
 
@@ -34,7 +35,8 @@ void ms_profiler_slo_default(ms_profiler_slo *slo) {
     memset(slo, 0, sizeof(*slo));
     slo->ttft_ms = MS_PROFILER_TTFT_MS_DEFAULT;
     slo->tbt_ms = MS_PROFILER_TBT_MS_DEFAULT;
-    for (int s = 0; s < MS_STAGE_COUNT; s++) slo->slo_share[s] = d.stage[s].slo_share;
+    for (int s = 0; s < MS_STAGE_COUNT; s++)
+        slo->slo_share[s] = d.stage[s].slo_share;
     slo->utilization = MS_PROFILER_UTILIZATION_DEFAULT;
     slo->max_batch[MS_STAGE_ENCODE] = MS_PROFILER_ENCODE_MAX_BATCH;
     slo->max_batch[MS_STAGE_PREFILL] = MS_PROFILER_PREFILL_MAX_TOKENS;
@@ -98,8 +100,11 @@ static int s_check_slo(const ms_profiler_slo *slo, char *err, size_t err_size) {
     return 0;
 }
 
-/* Largest b in [1, cap] with base + per * b <= limit; 0 if even b = 1 is over. */
+/* Largest b in [1, cap] with base + per * b <= limit; 0 if even b = 1 is
+ * over. The limit is widened by a relative 1e-9 so that a fitted line that
+ * should meet it exactly is not refused for float dust. */
 static int64_t s_largest_fit(double base, double per, double limit, int64_t cap) {
+    limit *= 1.0 + 1e-9;
     if (base + per <= limit) {
         if (per <= 0) return cap;
         double b = floor((limit - base) / per);
@@ -115,7 +120,8 @@ static int64_t s_largest_fit(double base, double per, double limit, int64_t cap)
  * far past its points). */
 static int64_t s_cap_bound(const ms_profile_curve *c, int64_t slo_cap) {
     double most = 0;
-    for (int i = 0; i < c->n_points; i++) most = c->points[i].x > most ? c->points[i].x : most;
+    for (int i = 0; i < c->n_points; i++)
+        most = c->points[i].x > most ? c->points[i].x : most;
     const double bound = floor(most * MS_PROFILER_EXTRAPOLATE);
     if (bound >= 1 && bound < (double)slo_cap) return (int64_t)bound;
     return slo_cap;
@@ -208,12 +214,12 @@ int ms_profiler_derive(ms_profile *p, const ms_profiler_slo *slo, char *err, siz
     if (pf->n_points > 0 || pf->per_unit_ms > 0) {
         const double limit = m->slo_check[MS_STAGE_PREFILL].budget_ms / MS_PROFILER_QUEUE_FACTOR;
         s_region_line(pf, limit, &pre_st->base_ms, &pre_st->per_unit_ms);
-        s_stage_from_line(pre_st, &m->slo_check[MS_STAGE_PREFILL], pre_st->base_ms,
-                          pre_st->per_unit_ms, limit,
-                          s_cap_bound(pf, slo->max_batch[MS_STAGE_PREFILL]), 1.0, slo->utilization,
-                          false);
+        s_stage_from_line(
+            pre_st, &m->slo_check[MS_STAGE_PREFILL], pre_st->base_ms, pre_st->per_unit_ms, limit,
+            s_cap_bound(pf, slo->max_batch[MS_STAGE_PREFILL]), 1.0, slo->utilization, false);
     } else {
         pre_st->capacity_per_s = 0;
+        m->slo_check[MS_STAGE_PREFILL].batch_ms = 0;
         m->slo_check[MS_STAGE_PREFILL].met = false;
     }
 
@@ -224,11 +230,11 @@ int ms_profiler_derive(ms_profile *p, const ms_profiler_slo *slo, char *err, siz
         const double limit = m->slo_check[MS_STAGE_DECODE].budget_ms;
         s_region_line(dc, limit, &dec->base_ms, &dec->per_unit_ms);
         s_stage_from_line(dec, &m->slo_check[MS_STAGE_DECODE], dec->base_ms, dec->per_unit_ms,
-                          limit,
-                          s_cap_bound(dc, slo->max_batch[MS_STAGE_DECODE]), 1.0, slo->utilization,
-                          false);
+                          limit, s_cap_bound(dc, slo->max_batch[MS_STAGE_DECODE]), 1.0,
+                          slo->utilization, false);
     } else {
         dec->capacity_per_s = 0;
+        m->slo_check[MS_STAGE_DECODE].batch_ms = 0;
         m->slo_check[MS_STAGE_DECODE].met = false;
     }
     return ms_profile_validate(p, err, err_size);
@@ -239,7 +245,7 @@ int ms_profiler_derive(ms_profile *p, const ms_profiler_slo *slo, char *err, siz
 typedef struct {
     const ms_profiler_opts *o;
     ms_engine *e;
-    int reps;   /* timed repetitions per point */
+    int reps; /* timed repetitions per point */
     int n_vocab;
     char *err;
     size_t err_size;
@@ -266,7 +272,9 @@ static double s_median(double *v, int n) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-static double s_ms_since(int64_t t0) { return (double)(ms_now_ns() - t0) / 1e6; }
+static double s_ms_since(int64_t t0) {
+    return (double)(ms_now_ns() - t0) / 1e6;
+}
 
 static void s_add_point(ms_profile_curve *c, double x, double ms) {
     if (c->n_points >= MS_PROFILE_MAX_POINTS) return;
@@ -453,12 +461,15 @@ static int s_op_prefill(s_meas *m, void *arg) {
 static int s_measure_prefill(s_meas *m, const int *tokens, int n_tok, const int *seqs, int n_seqs,
                              int batch_tokens, ms_profile_curve *pf, ms_profile_curve *pb) {
     int most = 0;
-    for (int i = 0; i < n_tok; i++) most = MS_MAX(most, tokens[i]);
+    for (int i = 0; i < n_tok; i++)
+        most = MS_MAX(most, tokens[i]);
     int smax = 0;
-    for (int i = 0; i < n_seqs; i++) smax = MS_MAX(smax, seqs[i]);
+    for (int i = 0; i < n_seqs; i++)
+        smax = MS_MAX(smax, seqs[i]);
     const int cap = MS_MAX(most, batch_tokens * smax);
     int32_t *ids = ms_xmalloc((size_t)cap * sizeof(int32_t));
-    for (int i = 0; i < cap; i++) ids[i] = s_token(m, i / MS_MAX(1, batch_tokens), i);
+    for (int i = 0; i < cap; i++)
+        ids[i] = s_token(m, i / MS_MAX(1, batch_tokens), i);
     float *logits = ms_xmalloc((size_t)m->n_vocab * sizeof(float));
     int rc = 0;
     for (int i = 0; i < n_tok && rc == 0; i++) {
@@ -487,7 +498,8 @@ static int s_extend(s_meas *m, ms_seq *seq, int n) {
     const int add = n - seq->n_past;
     if (add <= 0) return 0;
     int32_t *ids = ms_xmalloc((size_t)add * sizeof(int32_t));
-    for (int i = 0; i < add; i++) ids[i] = s_token(m, 0, seq->n_past + i);
+    for (int i = 0; i < add; i++)
+        ids[i] = s_token(m, 0, seq->n_past + i);
     int rc = ms_engine_prefill(m->e, seq, ids, add, NULL, 0, NULL, m->err, m->err_size);
     free(ids);
     return rc;
@@ -508,7 +520,8 @@ static int s_decode_point(s_meas *m, const void *blob, size_t blob_len, int n, i
         if (!seqs[i]) rc = -1;
     }
     for (int k = 0; k < warm + steps && rc == 0; k++) {
-        for (int i = 0; i < n; i++) tok[i] = s_token(m, i, seqs[i]->n_past);
+        for (int i = 0; i < n; i++)
+            tok[i] = s_token(m, i, seqs[i]->n_past);
         const int64_t t0 = ms_now_ns();
         rc = ms_engine_decode(m->e, seqs, tok, n, logits, m->err, m->err_size);
         if (k >= warm) t[k - warm] = s_ms_since(t0);
@@ -716,7 +729,8 @@ static void s_hardware(int threads, char *out, size_t size) {
             const char *v = strchr(line, ':');
             if (!v) continue;
             v++;
-            while (*v == ' ' || *v == '\t') v++;
+            while (*v == ' ' || *v == '\t')
+                v++;
             snprintf(model, sizeof(model), "%s", v);
             model[strcspn(model, "\n")] = '\0';
             break;
@@ -762,8 +776,10 @@ int ms_profiler_measure(const ms_profiler_opts *o, ms_profile *out, char *err, s
     assert(o && out);
     if (!o->lm_path) return ms_errf(err, err_size, "profile: no text model given");
     const bool quick = o->quick;
-    s_meas m = {.o = o, .reps = o->reps > 0 ? MS_MIN(o->reps, 64) : (quick ? 2 : 3),
-                .err = err, .err_size = err_size};
+    s_meas m = {.o = o,
+                .reps = o->reps > 0 ? MS_MIN(o->reps, 64) : (quick ? 2 : 3),
+                .err = err,
+                .err_size = err_size};
 
     /* the model's context decides the sizes, and they the KV capacity */
     char e2[MS_ERR_SIZE];
@@ -771,6 +787,9 @@ int ms_profiler_measure(const ms_profiler_opts *o, ms_profile *out, char *err, s
     if (!lm) return ms_errf(err, err_size, "%s: %s", o->lm_path, e2);
     const int n_ctx = lm->hp.n_ctx_train > 0 ? lm->hp.n_ctx_train : MS_ENGINE_KV_TOKENS_DEFAULT;
     ms_lm_free(&lm);
+    if (n_ctx < S_MIN_CTX)
+        return ms_errf(err, err_size, "%s: a context of %d tokens is too small to profile (< %d)",
+                       o->lm_path, n_ctx, S_MIN_CTX);
 
     static const int tok_full[] = {16, 32, 64, 128, 256, 512, 1024, 2048};
     static const int tok_quick[] = {16, 128, 512};
@@ -787,9 +806,9 @@ int ms_profiler_measure(const ms_profiler_opts *o, ms_profile *out, char *err, s
     int tokens[16], dctx[16];
     s_decode_plan pl = {.warm = quick ? 1 : 2, .steps = quick ? 4 : 8};
     const int steps_all = pl.warm + pl.steps;
-    const int n_tok = s_clamp_list(quick ? tok_quick : tok_full,
-                                   quick ? (int)MS_ARRAY_LEN(tok_quick) : (int)MS_ARRAY_LEN(tok_full),
-                                   n_ctx - 1, tokens);
+    const int n_tok = s_clamp_list(
+        quick ? tok_quick : tok_full,
+        quick ? (int)MS_ARRAY_LEN(tok_quick) : (int)MS_ARRAY_LEN(tok_full), n_ctx - 1, tokens);
     const int pb_tokens = MS_MIN(S_PREFILL_BATCH_TOKENS, n_ctx - 1);
     pl.ctx_ref = MS_MIN(MS_PROFILER_DECODE_CTX_REF, n_ctx / 2);
     pl.batches = quick ? dbat_quick : dbat_full;
@@ -874,7 +893,8 @@ int ms_profiler_measure(const ms_profiler_opts *o, ms_profile *out, char *err, s
         rc = s_measure_zmq(&m, "ipc", mib, n_mib, &me->curve[MS_CURVE_TRANSFER_IPC]);
     if (rc == 0 && o->transfer_zmq)
         rc = s_measure_zmq(&m, "tcp", mib, n_mib, &me->curve[MS_CURVE_TRANSFER_TCP]);
-    for (int k = 0; k < MS_CURVE_COUNT; k++) ms_profiler_fit(&me->curve[k]);
+    for (int k = 0; k < MS_CURVE_COUNT; k++)
+        ms_profiler_fit(&me->curve[k]);
     ms_image_fini(&img);
     free(ref);
     ms_engine_destroy(&m.e);

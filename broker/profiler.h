@@ -41,31 +41,32 @@
 
 #define MS_PROFILER_TTFT_MS_DEFAULT     2000 /* --ttft-ms */
 #define MS_PROFILER_TBT_MS_DEFAULT      200  /* --tbt-ms */
-#define MS_PROFILER_UTILIZATION_DEFAULT 0.8  /* share of saturated throughput counted as capacity */
-#define MS_PROFILER_QUEUE_FACTOR        2.0  /* encode/prefill: a request may wait for the batch in
-                                                 progress and then run in the next one */
-#define MS_PROFILER_BATCH_GAIN_MIN      0.05 /* encode: a bigger batch must add >= 5% throughput */
-#define MS_PROFILER_EXTRAPOLATE         2.0  /* a cap is at most this times the largest batch
-                                                 measured on its curve */
-#define MS_PROFILER_ENCODE_MAX_BATCH    16    /* largest encode cap written (images) */
-#define MS_PROFILER_PREFILL_MAX_TOKENS  16384 /* largest prefill token budget written */
-#define MS_PROFILER_DECODE_MAX_SEQS     256   /* largest decode cap written (sequences) */
-#define MS_PROFILER_REF_IMAGE_W         1024  /* synthetic image when none is given */
-#define MS_PROFILER_REF_IMAGE_H         768
-#define MS_PROFILER_JPEG_QUALITY        90   /* re-encoded sizes of the preprocess curve */
-#define MS_PROFILER_DECODE_CTX_REF      256  /* context of the decode-vs-batch curve (tokens) */
-#define MS_PROFILER_DECODE_CTX_BATCH    4    /* sequences of the decode-vs-context curve */
-#define MS_PROFILER_MAX_IMAGE_BYTES     (64u * 1024u * 1024u) /* --image size limit */
+#define MS_PROFILER_UTILIZATION_DEFAULT 0.8  /* capacity = saturated throughput x this */
+/* encode/prefill: a request may wait for the batch in progress, then run in the next */
+#define MS_PROFILER_QUEUE_FACTOR 2.0
+/* encode: a bigger batch must add at least this share of throughput */
+#define MS_PROFILER_BATCH_GAIN_MIN 0.05
+/* a cap is at most this times the largest batch measured on its curve */
+#define MS_PROFILER_EXTRAPOLATE        2.0
+#define MS_PROFILER_ENCODE_MAX_BATCH   16    /* largest encode cap written (images) */
+#define MS_PROFILER_PREFILL_MAX_TOKENS 16384 /* largest prefill token budget written */
+#define MS_PROFILER_DECODE_MAX_SEQS    256   /* largest decode cap written (sequences) */
+#define MS_PROFILER_REF_IMAGE_W        1024  /* synthetic image when none is given */
+#define MS_PROFILER_REF_IMAGE_H        768
+#define MS_PROFILER_JPEG_QUALITY       90  /* re-encoded sizes of the preprocess curve */
+#define MS_PROFILER_DECODE_CTX_REF     256 /* context of the decode-vs-batch curve (tokens) */
+#define MS_PROFILER_DECODE_CTX_BATCH   4   /* sequences of the decode-vs-context curve */
+#define MS_PROFILER_MAX_IMAGE_BYTES    (64u * 1024u * 1024u) /* --image size limit */
 
 /* ---- SLO math (pure) ------------------------------------------------------ */
 
 /* The targets and bounds ms_profiler_derive() works to. */
 typedef struct {
-    int32_t ttft_ms;                    /* time-to-first-token target, ms (>= 1) */
-    int32_t tbt_ms;                     /* time-between-tokens target, ms (>= 1) */
-    double slo_share[MS_STAGE_COUNT];   /* encode, prefill: share of TTFT; decode: of TBT; (0, 1] */
-    double utilization;                 /* (0, 1]: capacity = saturated throughput * this */
-    int64_t max_batch[MS_STAGE_COUNT];  /* upper bound of each cap (>= 1) */
+    int32_t ttft_ms;                   /* time-to-first-token target, ms (>= 1) */
+    int32_t tbt_ms;                    /* time-between-tokens target, ms (>= 1) */
+    double slo_share[MS_STAGE_COUNT];  /* encode, prefill: share of TTFT; decode: of TBT; (0, 1] */
+    double utilization;                /* (0, 1]: capacity = saturated throughput * this */
+    int64_t max_batch[MS_STAGE_COUNT]; /* upper bound of each cap (>= 1) */
 } ms_profiler_slo;
 
 /* Defaults: MS_PROFILER_TTFT/TBT_MS_DEFAULT, the shares of
