@@ -263,7 +263,7 @@ static void s_check_timeouts(ms_broker *b, int64_t now) {
 }
 
 static void s_publish(ms_broker *b, int64_t now) {
-    enum { N_FIXED = 25 };
+    enum { N_FIXED = 25 + 4 + 2 * MS_STAGE_COUNT };
     const int n_max = N_FIXED + MS_BROKER_MAX_ACTORS * MS_STAGE_COUNT;
     const char **names = ms_xcalloc((size_t)n_max, sizeof(*names));
     int64_t *values = ms_xcalloc((size_t)n_max, sizeof(*values));
@@ -305,6 +305,16 @@ static void s_publish(ms_broker *b, int64_t now) {
     S_C("actors", live);
     S_C("uptime_ms", now - b->t_start_ms);
     S_C("pid", getpid());
+    S_C("image_tokens", b->c.image_tokens);
+    S_C("prompt_tokens", b->c.prompt_tokens);
+    S_C("slo_requests", b->c.slo_requests);
+    S_C("slo_met", b->c.slo_met);
+    S_C("slo_seen:encode", b->c.slo_seen[MS_STAGE_ENCODE]);
+    S_C("slo_ok:encode", b->c.slo_ok[MS_STAGE_ENCODE]);
+    S_C("slo_seen:prefill", b->c.slo_seen[MS_STAGE_PREFILL]);
+    S_C("slo_ok:prefill", b->c.slo_ok[MS_STAGE_PREFILL]);
+    S_C("slo_seen:decode", b->c.slo_seen[MS_STAGE_DECODE]);
+    S_C("slo_ok:decode", b->c.slo_ok[MS_STAGE_DECODE]);
 #undef S_C
     int nd = 0;
     for (int i = 0; i < b->n_slots; i++)

@@ -55,6 +55,39 @@ void ms_broker_send_token(ms_broker *b, ms_req *r, uint32_t index, const int32_t
     s_send(b, r->route, &m);
 }
 
+/* Counts a request's SLO verdict (the autoscaler's attainment, docs/broker.md):
+ * `ended` = it ended with Done (else with an Error that is the system's
+ * fault). Met = first token within its TTFT target and, with two tokens or
+ * more, mean time between tokens within its TBT target. Stage verdicts, each
+ * against the stage's profile share: encode = arrival until its images were
+ * encoded (image requests); prefill = the rest of the TTFT (text-only
+ * requests, which skip the encoders, may also use the encode share);
+ * decode = the mean time between tokens. */
+static void s_slo_verdict(ms_broker *b, const ms_req *r, bool ended, int64_t now_ns) {
+    b->c.slo_requests++;
+    if (!ended || r->t_first_ns == 0) return;
+    const ms_stage_profile *sp = b->prof.stage;
+    const double ttft = (double)(r->t_first_ns - r->t_arrival_ns) / 1e6;
+    const double tpot =
+        r->n_generated > 1 ? (double)(now_ns - r->t_first_ns) / 1e6 / (r->n_generated - 1) : 0.0;
+    if (ttft <= r->ttft_ms && tpot <= r->tbt_ms) b->c.slo_met++;
+    double pre_ms = ttft, pre_share = sp[MS_STAGE_PREFILL].slo_share;
+    if (r->n_images > 0 && r->t_encoded_ns > 0) {
+        const double enc_ms = (double)(r->t_encoded_ns - r->t_arrival_ns) / 1e6;
+        b->c.slo_seen[MS_STAGE_ENCODE]++;
+        b->c.slo_ok[MS_STAGE_ENCODE] += enc_ms <= r->ttft_ms * sp[MS_STAGE_ENCODE].slo_share;
+        pre_ms = MS_MAX(0.0, ttft - enc_ms);
+    } else if (r->n_images == 0) {
+        pre_share = MS_MIN(1.0, pre_share + sp[MS_STAGE_ENCODE].slo_share);
+    }
+    b->c.slo_seen[MS_STAGE_PREFILL]++;
+    b->c.slo_ok[MS_STAGE_PREFILL] += pre_ms <= r->ttft_ms * pre_share;
+    if (r->n_generated > 1) {
+        b->c.slo_seen[MS_STAGE_DECODE]++;
+        b->c.slo_ok[MS_STAGE_DECODE] += tpot <= r->tbt_ms * sp[MS_STAGE_DECODE].slo_share;
+    }
+}
+
 void ms_broker_send_done(ms_broker *b, ms_req *r, const char *finish, uint64_t prompt_tokens,
                          uint64_t image_tokens) {
     const int64_t now = ms_now_ns();
@@ -78,6 +111,7 @@ void ms_broker_send_done(ms_broker *b, ms_req *r, const char *finish, uint64_t p
     d->e2e_ms = (double)(now - r->t_arrival_ns) / 1e6;
     s_send(b, r->route, &m);
     b->c.completed++;
+    if (strcmp(finish, "cancel") != 0) s_slo_verdict(b, r, strcmp(finish, "timeout") != 0, now);
 }
 
 void ms_broker_send_error(ms_broker *b, ms_req *r, ms_wire_code code, const char *fmt, ...) {
@@ -89,6 +123,9 @@ void ms_broker_send_error(ms_broker *b, ms_req *r, ms_wire_code code, const char
     s_reply_error(b, r->route, r->client_id, code, "%s", msg);
     if (code == MS_CODE_UNAVAILABLE) b->c.unavailable++;
     if (code == MS_CODE_TIMEOUT) b->c.timeouts++;
+    if (code == MS_CODE_UNAVAILABLE || code == MS_CODE_TIMEOUT || code == MS_CODE_INTERNAL ||
+        code == MS_CODE_OVERLOADED)
+        s_slo_verdict(b, r, false, ms_now_ns());
 }
 
 /* ---- Submit -------------------------------------------------------------------- */
@@ -367,6 +404,8 @@ static void s_on_submit(ms_broker *b, ms_frames_in *in) {
         }
     }
     b->c.requests++;
+    b->c.image_tokens += (uint64_t)image_tokens;
+    b->c.prompt_tokens += (uint64_t)(text_tokens + image_tokens);
     if (n_images > 0) {
         b->c.requests_image++;
         b->c.images += (uint64_t)n_images;

@@ -98,6 +98,13 @@ typedef struct ms_bcounters {
     uint64_t encode_tasks;   /* EncodeTasks sent */
     uint64_t prefill_tasks;  /* PrefillTasks sent */
     uint64_t decode_tasks;   /* DecodeTasks sent */
+    /* load and SLO attainment, read by the autoscaler (docs/broker.md, Counters) */
+    uint64_t image_tokens;  /* image tokens of the requests accepted */
+    uint64_t prompt_tokens; /* prompt tokens (text + image) of the requests accepted */
+    uint64_t slo_requests;  /* requests that ended with an SLO verdict (ms_broker_slo_verdict) */
+    uint64_t slo_met;       /* of those, within both their TTFT and TBT targets */
+    uint64_t slo_seen[MS_STAGE_COUNT]; /* ended requests with a verdict for the stage */
+    uint64_t slo_ok[MS_STAGE_COUNT];   /* of those, within the stage's share of the SLO */
 } ms_bcounters;
 
 struct ms_broker {

@@ -621,6 +621,7 @@ void ms_broker_images_encoded(ms_broker *b, ms_req *r, ms_btask *t, const ms_msg
     }
     if (!ready || r->text_task != 0 || r->queue != MS_REQQ_NONE) return;
     r->state = MS_REQ_ENCODED;
+    r->t_encoded_ns = ms_now_ns();
     if (!b->layout->split_images && r->text_actor >= 0 &&
         ms_broker_actor_usable(b, r->text_actor, ms_broker_now_ms()) &&
         s_send_prefill(b, r, r->text_actor) == 0)

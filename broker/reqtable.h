@@ -99,6 +99,7 @@ typedef struct ms_req {
     int64_t t_arrival_ns;  /* the same in ns (for the reported timings) */
     int64_t t_deadline_ms; /* arrival + timeout */
     int64_t t_first_ns;    /* first token delivered (ns), 0 before */
+    int64_t t_encoded_ns;  /* all its images encoded, latest time (ns); 0 before / text-only */
 
     /* text side */
     int text_actor;            /* slot of the prefill / text / monolith actor holding it, -1 */
