@@ -150,8 +150,18 @@ static float s_unit(uint64_t *state) {
     return (float)(int32_t)(s_next(state) >> 40) * (1.0f / 8388608.0f) - 1.0f;
 }
 
+/* The per-tensor seed hashes the name with its own FNV-1a + splitmix (frozen:
+ * not ms_hash64, whose algorithm may change), so a preset and seed always give
+ * the same bytes. */
 static uint64_t s_tensor_seed(uint64_t seed, const char *name) {
-    return s_mix(seed ^ ms_hash64(name, strlen(name)));
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (const char *c = name; *c; c++) h = (h ^ (uint8_t)*c) * 0x100000001b3ULL;
+    h ^= h >> 30;
+    h *= 0xbf58476d1ce4e5b9ULL;
+    h ^= h >> 27;
+    h *= 0x94d049bb133111ebULL;
+    h ^= h >> 31;
+    return s_mix(seed ^ h);
 }
 
 /* Row r of a uniform tensor with the given mean and standard deviation. */
