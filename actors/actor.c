@@ -2,6 +2,7 @@
  * registry heartbeat thread, the main loop, the data plane and the drain. */
 #include "actor.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -61,6 +62,8 @@ static const char *s_usage =
     "  --broker EP           broker back socket (default " S_DEFAULT_BROKER ")\n"
     "  --data EP             data-plane endpoint to bind (default " S_DEFAULT_DATA
     "; port 0 = a free port)\n"
+    "  --advertise HOST      publish the tcp data endpoint as tcp://HOST:PORT (the port bound),\n"
+    "                        for a --data bound to 0.0.0.0 in a container (default: as bound)\n"
     "  --redis HOST:PORT     registry Redis (default 127.0.0.1:6379)\n"
     "  --prefix P            registry key prefix (default ms)\n"
     "  --device NAME         device name published in the registry (default cpu)\n"
@@ -107,6 +110,22 @@ static bool s_id_ok(const char *id) {
     return true;
 }
 
+/* A host for --advertise: a name or IPv4 address ([A-Za-z0-9.-_]), or an
+ * IPv6 address in brackets. */
+static bool s_advertise_ok(const char *h) {
+    size_t n = strlen(h);
+    if (n == 0) return false;
+    if (h[0] == '[') {
+        if (n < 3 || h[n - 1] != ']') return false;
+        for (size_t i = 1; i + 1 < n; i++)
+            if (!isxdigit((unsigned char)h[i]) && h[i] != ':' && h[i] != '.') return false;
+        return true;
+    }
+    for (const char *p = h; *p; p++)
+        if (!isalnum((unsigned char)*p) && *p != '.' && *p != '-' && *p != '_') return false;
+    return true;
+}
+
 int ms_actor_config_parse(ms_actor_config *c, int argc, char **argv, char *err, size_t err_size) {
     bool have_stages = false;
     for (int i = 1; i < argc; i++) {
@@ -146,6 +165,12 @@ int ms_actor_config_parse(ms_actor_config *c, int argc, char **argv, char *err, 
             if (COPY(broker_ep) != 0) return -1;
         } else if (IS("--data")) {
             if (COPY(data_bind) != 0) return -1;
+        } else if (IS("--advertise")) {
+            if (COPY(advertise) != 0) return -1;
+            if (!s_advertise_ok(c->advertise))
+                return ms_errf(err, err_size,
+                               "--advertise: '%s' (a host name or an IP address, [v6] in brackets)",
+                               v);
         } else if (IS("--redis")) {
             const char *colon = strrchr(v, ':');
             if (!colon || colon == v)
@@ -200,6 +225,9 @@ int ms_actor_config_parse(ms_actor_config *c, int argc, char **argv, char *err, 
     if ((c->stages & MS_STAGES_ENCODE) && !c->mmproj_path[0])
         return ms_errf(err, err_size, "stages '%s' include encode: --mmproj is required",
                        ms_stages_name(c->stages, (char[MS_STAGES_NAME_MAX]){0}, MS_STAGES_NAME_MAX));
+    if (c->advertise[0] && strncmp(c->data_bind, "tcp://", 6) != 0)
+        return ms_errf(err, err_size, "--advertise needs a tcp:// --data endpoint, not '%s'",
+                       c->data_bind);
     return 0;
 }
 
@@ -294,6 +322,18 @@ static int s_bind_data(ms_actor *a, char *err, size_t err_size) {
     char *last = zsock_last_endpoint(a->data);
     snprintf(a->data_ep, sizeof a->data_ep, "%s", last ? last : ep);
     freen(last);
+    if (a->cfg.advertise[0]) {
+        /* peers connect to HOST at the port bound (a 0.0.0.0 or * bind is not reachable) */
+        const char *colon = strrchr(a->data_ep, ':');
+        if (strncmp(a->data_ep, "tcp://", 6) != 0 || !colon)
+            return ms_errf(err, err_size, "--advertise: the data endpoint %s is not tcp",
+                           a->data_ep);
+        char port[16];
+        snprintf(port, sizeof port, "%s", colon + 1);
+        int n = snprintf(a->data_ep, sizeof a->data_ep, "tcp://%s:%s", a->cfg.advertise, port);
+        if (n < 0 || (size_t)n >= sizeof a->data_ep)
+            return ms_errf(err, err_size, "--advertise: endpoint too long");
+    }
     return 0;
 }
 

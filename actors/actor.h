@@ -72,6 +72,9 @@ typedef struct ms_actor_config {
     char backend[32];                    /* --backend: "cpu" (default) or "cpu-ref" */
     char broker_ep[MS_ACTOR_STR_MAX];    /* --broker: broker back endpoint (tcp://127.0.0.1:5556) */
     char data_bind[MS_ACTOR_STR_MAX];    /* --data: endpoint to bind; tcp port 0 = a free port */
+    char advertise[MS_ACTOR_STR_MAX];    /* --advertise: host peers reach the tcp data endpoint
+                                            at, published instead of the bound address
+                                            ("" = publish as bound) */
     char redis_host[MS_ACTOR_STR_MAX];   /* --redis HOST:PORT (host part) */
     int redis_port;                      /* --redis HOST:PORT (port part) */
     char redis_prefix[MS_ACTOR_PREFIX_MAX]; /* --prefix: registry key prefix ("ms") */

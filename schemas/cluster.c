@@ -80,6 +80,8 @@ void ms_cluster_conf_default(ms_cluster_conf *c) {
     c->port_base = MS_CLUSTER_PORT_BASE_DEFAULT;
     s_copy(c->data, sizeof(c->data), "tcp");
     s_copy(c->prefix, sizeof(c->prefix), "ms");
+    s_copy(c->gateway_host, sizeof(c->gateway_host), MS_CLUSTER_GATEWAY_HOST_DEFAULT);
+    c->gateway_port = MS_CLUSTER_GATEWAY_PORT_DEFAULT;
 }
 
 bool ms_cluster_stages_valid(const char *s) {
@@ -113,7 +115,15 @@ ms_cluster_group *ms_cluster_group_find(ms_cluster_conf *c, const char *name) {
     return found;
 }
 
-typedef enum { SEC_NONE, SEC_CLUSTER, SEC_BROKER, SEC_MODELS, SEC_RUN, SEC_GROUP } cl_section;
+typedef enum {
+    SEC_NONE,
+    SEC_CLUSTER,
+    SEC_BROKER,
+    SEC_MODELS,
+    SEC_RUN,
+    SEC_GROUP,
+    SEC_GATEWAY
+} cl_section;
 
 typedef struct cl_parser {
     ms_cluster_conf *c;
@@ -193,11 +203,15 @@ static int s_section(cl_parser *p, char *head) {
         sec = SEC_MODELS;
     else if (strcmp(s, "run") == 0)
         sec = SEC_RUN;
+    else if (strcmp(s, "gateway") == 0)
+        sec = SEC_GATEWAY;
     else
-        return PERR(p, "unknown section [%s] (cluster, broker, models, run, group NAME)", s);
+        return PERR(p, "unknown section [%s] (cluster, broker, gateway, models, run, group NAME)",
+                    s);
     if (p->sections_seen & (1u << sec)) return PERR(p, "duplicate section [%s]", s);
     p->sections_seen |= 1u << sec;
     p->sec = sec;
+    if (sec == SEC_GATEWAY) p->c->gateway = true;
     return 0;
 }
 
@@ -248,6 +262,28 @@ static int s_key(cl_parser *p, const char *key, const char *v) {
         if (strcmp(key, "mmproj") == 0) {
             if (s_once(p, 1, key) != 0) return -1;
             return s_set_str(p, c->mmproj, sizeof(c->mmproj), key, v);
+        }
+        break;
+    case SEC_GATEWAY:
+        if (strcmp(key, "listen") == 0) {
+            if (s_once(p, 0, key) != 0) return -1;
+            char host[MS_CLUSTER_HOST_MAX], why[MS_ERR_SIZE];
+            int port = 0;
+            if (ms_cluster_split_listen(v, host, sizeof(host), &port, why, sizeof(why)) != 0)
+                return PERR(p, "listen: %s", why);
+            s_copy(c->gateway_host, sizeof(c->gateway_host), host);
+            c->gateway_port = port;
+            return 0;
+        }
+        if (strcmp(key, "model_name") == 0) {
+            if (s_once(p, 1, key) != 0) return -1;
+            if (!ms_cluster_model_name_ok(v))
+                return PERR(p, "model_name: expected [A-Za-z0-9._:/-]+, got '%s'", v);
+            return s_set_str(p, c->gateway_model, sizeof(c->gateway_model), key, v);
+        }
+        if (strcmp(key, "args") == 0) {
+            if (s_once(p, 2, key) != 0) return -1;
+            return s_set_str(p, c->gateway_args, sizeof(c->gateway_args), key, v);
         }
         break;
     case SEC_RUN:
@@ -411,6 +447,12 @@ int ms_cluster_conf_write(const ms_cluster_conf *c, FILE *f) {
         fprintf(f, "[models]\n");
         if (c->lm[0]) fprintf(f, "lm = %s\n", c->lm);
         if (c->mmproj[0]) fprintf(f, "mmproj = %s\n", c->mmproj);
+        fprintf(f, "\n");
+    }
+    if (c->gateway) {
+        fprintf(f, "[gateway]\nlisten = %s:%d\n", c->gateway_host, c->gateway_port);
+        if (c->gateway_model[0]) fprintf(f, "model_name = %s\n", c->gateway_model);
+        if (c->gateway_args[0]) fprintf(f, "args = %s\n", c->gateway_args);
         fprintf(f, "\n");
     }
     fprintf(f, "[run]\nnext_seq = %d\n", c->next_seq);
@@ -710,7 +752,8 @@ int ms_pidfile_remove(const char *rundir, const char *name) {
 static int s_role_rank(const ms_proc *p) {
     if (strcmp(p->role, "redis") == 0) return 0;
     if (strcmp(p->role, "broker") == 0) return 1;
-    return 2;
+    if (strcmp(p->role, "gateway") == 0) return 2;
+    return 3;
 }
 
 static int s_proc_cmp(const void *a, const void *b) {
@@ -1016,6 +1059,31 @@ static void s_actor_argv(const ms_cluster_run *r, const ms_cluster_group *g, con
     s_extra(a, g->args);
 }
 
+static void s_gateway_argv(const ms_cluster_run *r, cl_argv *a) {
+    const ms_cluster_conf *c = &r->conf;
+    char ep[MS_CLUSTER_EP_MAX];
+    memset(a, 0, sizeof(*a));
+    s_arg(a, s_fmt(a, "%s/modserve-gateway", c->bin_dir));
+    s_arg(a, "--model-name");
+    s_arg(a, c->gateway_model[0] ? c->gateway_model : "modserve");
+    s_arg(a, "--listen");
+    ms_cluster_gateway_listen(c, ep, sizeof(ep));
+    s_arg(a, s_fmt(a, "%s", ep));
+    s_arg(a, "--broker");
+    ms_cluster_front_ep(c, ep, sizeof(ep));
+    s_arg(a, s_fmt(a, "%s", ep));
+    s_arg(a, "--redis");
+    s_arg(a, s_fmt(a, "127.0.0.1:%d", ms_cluster_redis_port(c)));
+    s_arg(a, "--prefix");
+    s_arg(a, c->prefix);
+    if (!c->mmproj[0]) {
+        /* a text-only cluster: /health must not wait for encoders */
+        s_arg(a, "--require-stages");
+        s_arg(a, "prefill,decode");
+    }
+    s_extra(a, c->gateway_args);
+}
+
 /* ---- starting ---- */
 
 static int s_start(const ms_cluster_run *r, ms_proc *p, const cl_argv *a, char *err,
@@ -1095,6 +1163,33 @@ int ms_cluster_start_broker(ms_cluster_run *r, ms_proc *p, char *err, size_t err
         if (ms_now_ns() > deadline)
             return ms_errf(err, err_size, "the broker does not listen on port %d",
                            r->conf.port_base + 1);
+        if (s_stopped(r)) return ms_errf(err, err_size, "interrupted");
+        s_sleep_ms(CL_POLL_MS);
+    }
+}
+
+int ms_cluster_start_gateway(ms_cluster_run *r, ms_proc *p, char *err, size_t err_size) {
+    memset(p, 0, sizeof(*p));
+    s_copy(p->name, sizeof(p->name), "gateway");
+    s_copy(p->role, sizeof(p->role), "gateway");
+    p->seq = -1;
+    cl_argv a;
+    s_gateway_argv(r, &a);
+    if (s_start(r, p, &a, err, err_size) != 0) return -1;
+    char listen[MS_CLUSTER_EP_MAX];
+    ms_cluster_gateway_listen(&r->conf, listen, sizeof(listen));
+    int64_t deadline = ms_now_ns() + (int64_t)MS_CLUSTER_GATEWAY_TIMEOUT_MS * 1000000;
+    for (;;) {
+        if (s_check_alive(r, p, " (is the port taken? modserve up --gateway-port N)", err,
+                          err_size) != 0)
+            return -1;
+        int status = 0;
+        /* any HTTP answer will do: /health is 503 until the actors register */
+        if (ms_cluster_http_get(r->conf.gateway_host, r->conf.gateway_port, "/health",
+                                MS_CLUSTER_HTTP_TIMEOUT_MS, &status, NULL, 0, NULL, 0) == 0)
+            return 0;
+        if (ms_now_ns() > deadline)
+            return ms_errf(err, err_size, "the gateway does not answer HTTP on %s", listen);
         if (s_stopped(r)) return ms_errf(err, err_size, "interrupted");
         s_sleep_ms(CL_POLL_MS);
     }
@@ -1199,24 +1294,30 @@ int ms_cluster_down(const ms_cluster_run *r, int drain_ms, char *err, size_t err
     ms_proc procs[MS_CLUSTER_MAX_PROCS];
     int n = ms_pidfile_list(r->dir, procs, MS_CLUSTER_MAX_PROCS, err, err_size);
     if (n < 0) return -1;
-    ms_proc actors[MS_CLUSTER_MAX_PROCS], broker[MS_CLUSTER_MAX_PROCS], redis[MS_CLUSTER_MAX_PROCS];
-    int na = 0, nb = 0, nr = 0, alive = 0;
+    ms_proc actors[MS_CLUSTER_MAX_PROCS], broker[MS_CLUSTER_MAX_PROCS],
+        gateway[MS_CLUSTER_MAX_PROCS], redis[MS_CLUSTER_MAX_PROCS];
+    int na = 0, nb = 0, ng = 0, nr = 0, alive = 0;
     for (int i = 0; i < n; i++) {
         alive += ms_proc_alive(&procs[i]);
         if (strcmp(procs[i].role, "broker") == 0)
             broker[nb++] = procs[i];
+        else if (strcmp(procs[i].role, "gateway") == 0)
+            gateway[ng++] = procs[i];
         else if (strcmp(procs[i].role, "redis") == 0)
             redis[nr++] = procs[i];
         else
             actors[na++] = procs[i];
     }
     if (r->log && n > 0)
-        fprintf(r->log, "stopping %d actor%s, %s, %s (%d of %d processes running)\n", na,
-                na == 1 ? "" : "s", nb ? "the broker" : "no broker", nr ? "redis" : "no redis",
-                alive, n);
+        fprintf(r->log, "stopping %d actor%s, %s, %s, %s (%d of %d processes running)\n", na,
+                na == 1 ? "" : "s", nb ? "the broker" : "no broker",
+                ng ? "the gateway" : "no gateway", nr ? "redis" : "no redis", alive, n);
     int stop_ms = drain_ms > 0 ? MS_CLUSTER_STOP_MS : 0;
+    /* actors drain first (the gateway still relays what they finish), then the
+     * broker answers what is left with an error the gateway passes on */
     ms_cluster_stop(r, actors, na, drain_ms);
     ms_cluster_stop(r, broker, nb, stop_ms);
+    ms_cluster_stop(r, gateway, ng, stop_ms);
     ms_cluster_stop(r, redis, nr, stop_ms);
     return n;
 }

@@ -7,13 +7,17 @@
  * docs/cluster.md): INI-style, '#' comments, `key = value` lines under
  * sections. One [cluster] section (layout, port_base, data transport, Redis
  * key prefix), an optional [broker] section (profile file, extra args), an
- * optional [models] section (lm, mmproj; the command line overrides them), and
+ * optional [models] section (lm, mmproj; the command line overrides them), an
+ * optional [gateway] section (its presence starts modserve-gateway: listen
+ * address, model name, extra args), and
  * one [group NAME] section per set of identical actors (stages, count,
  * threads, kv_tokens, vit_batch, extra args). Actors of group NAME are called
  * NAME-1, NAME-2, ... (their registry ids).
  *
- * Ports, from port_base B: redis B, broker front B+1, broker back B+2. Actor
- * data endpoints: tcp://127.0.0.1:0 (the actor binds a free port and
+ * Ports, from port_base B: redis B, broker front B+1, broker back B+2; the
+ * gateway listens where [gateway] says (127.0.0.1:8000 by default), or on
+ * B+MS_CLUSTER_GATEWAY_PORT_OFFSET when `modserve up` is told to pick ports.
+ * Actor data endpoints: tcp://127.0.0.1:0 (the actor binds a free port and
  * publishes it in the registry) or ipc://RUNDIR/sock/ID.data.
  *
  * Run directory (default ./run): cluster.conf (the resolved cluster file the
@@ -33,18 +37,23 @@
 #include <sys/types.h>
 
 /* ---- limits and defaults --------------------------------------------------- */
-#define MS_CLUSTER_MAX_GROUPS        16         /* [group] sections per file */
-#define MS_CLUSTER_MAX_GROUP_ACTORS  64         /* count (and scale target) per group */
-#define MS_CLUSTER_MAX_THREADS       256        /* threads per actor */
-#define MS_CLUSTER_NAME_MAX          32         /* group/layout/stage names, with the NUL */
-#define MS_CLUSTER_ARGS_MAX          256        /* bytes of an `args` value, with the NUL */
-#define MS_CLUSTER_PATH_MAX          1024       /* bytes of a path, with the NUL */
-#define MS_CLUSTER_FILE_MAX          (64 << 10) /* bytes of a cluster file */
-#define MS_CLUSTER_PORT_BASE_DEFAULT 7400       /* redis port of a default cluster */
-#define MS_CLUSTER_PORT_SPAN         10         /* ports reserved from port_base (3 in use) */
-#define MS_CLUSTER_MAX_SEQ           100000     /* actor starts per run directory */
-#define MS_CLUSTER_EP_MAX            256        /* bytes of an endpoint string, with the NUL */
-#define MS_CLUSTER_ID_MAX            64 /* bytes of an actor id / process name, with the NUL */
+#define MS_CLUSTER_MAX_GROUPS           16         /* [group] sections per file */
+#define MS_CLUSTER_MAX_GROUP_ACTORS     64         /* count (and scale target) per group */
+#define MS_CLUSTER_MAX_THREADS          256        /* threads per actor */
+#define MS_CLUSTER_NAME_MAX             32         /* group/layout/stage names, with the NUL */
+#define MS_CLUSTER_ARGS_MAX             256        /* bytes of an `args` value, with the NUL */
+#define MS_CLUSTER_PATH_MAX             1024       /* bytes of a path, with the NUL */
+#define MS_CLUSTER_FILE_MAX             (64 << 10) /* bytes of a cluster file */
+#define MS_CLUSTER_PORT_BASE_DEFAULT    7400       /* redis port of a default cluster */
+#define MS_CLUSTER_PORT_SPAN            10         /* ports reserved from port_base (4 in use) */
+#define MS_CLUSTER_MAX_SEQ              100000     /* actor starts per run directory */
+#define MS_CLUSTER_EP_MAX               256        /* bytes of an endpoint string, with the NUL */
+#define MS_CLUSTER_ID_MAX               64  /* bytes of an actor id / process name, with the NUL */
+#define MS_CLUSTER_HOST_MAX             64  /* bytes of the gateway's listen host, with the NUL */
+#define MS_CLUSTER_MODEL_NAME_MAX       128 /* bytes of the gateway's model name, with the NUL */
+#define MS_CLUSTER_GATEWAY_HOST_DEFAULT "127.0.0.1" /* [gateway] listen default: loopback ... */
+#define MS_CLUSTER_GATEWAY_PORT_DEFAULT 8000        /* ... port 8000 (as vLLM / the gateway) */
+#define MS_CLUSTER_GATEWAY_PORT_OFFSET  3           /* picked ports: the gateway on port_base + 3 */
 
 /* One [group NAME] section: `count` identical actor processes. */
 typedef struct ms_cluster_group {
@@ -71,12 +80,20 @@ typedef struct ms_cluster_conf {
     char mmproj[MS_CLUSTER_PATH_MAX];      /* vision GGUF, "" for a text-only cluster */
     int next_seq;                          /* [run] next actor start sequence number (0 in files) */
     char bin_dir[MS_CLUSTER_PATH_MAX]; /* [run] folder of modserve-broker / -actor ("" in files) */
-    int n_groups;                      /* groups in use */
+    bool gateway;                      /* a [gateway] section: `up` starts modserve-gateway */
+    char gateway_host[MS_CLUSTER_HOST_MAX];        /* [gateway] listen host ("127.0.0.1", "0.0.0.0",
+                                                      "[::1]") */
+    int gateway_port;                              /* [gateway] listen port, 1..65535 (8000) */
+    char gateway_model[MS_CLUSTER_MODEL_NAME_MAX]; /* [gateway] model_name clients ask for;
+                                                      "" = chosen by `up` (preset / LM name) */
+    char gateway_args[MS_CLUSTER_ARGS_MAX];        /* [gateway] extra gateway arguments */
+    int n_groups;                                  /* groups in use */
     ms_cluster_group groups[MS_CLUSTER_MAX_GROUPS];
 } ms_cluster_conf;
 
 /* Defaults: layout "modserve", port_base MS_CLUSTER_PORT_BASE_DEFAULT, data
- * "tcp", prefix "ms", no groups, no models. */
+ * "tcp", prefix "ms", no groups, no models, no gateway (listen address
+ * MS_CLUSTER_GATEWAY_HOST_DEFAULT:MS_CLUSTER_GATEWAY_PORT_DEFAULT once enabled). */
 void ms_cluster_conf_default(ms_cluster_conf *c);
 
 /* Parses a cluster file's text (len bytes; `name` is used in messages, e.g.
@@ -117,6 +134,22 @@ void ms_cluster_back_ep(const ms_cluster_conf *c, char *buf, size_t size);
  * a Unix socket path). */
 int ms_cluster_data_ep(const ms_cluster_conf *c, const char *rundir, const char *id, int seq,
                        char *buf, size_t size);
+/* "HOST:PORT" the gateway listens on (the [gateway] listen value). */
+void ms_cluster_gateway_listen(const ms_cluster_conf *c, char *buf, size_t size);
+/* "http://HOST:PORT" clients use: a wildcard host (0.0.0.0, [::]) becomes
+ * the loopback address of its family. */
+void ms_cluster_gateway_url(const ms_cluster_conf *c, char *buf, size_t size);
+/* Splits a listen value "HOST:PORT" ("[v6]:PORT") into host (brackets kept)
+ * and a port in 1..65535. 0, or -1 + err. */
+int ms_cluster_split_listen(const char *v, char *host, size_t host_size, int *port, char *err,
+                            size_t err_size);
+/* True if something already accepts TCP connections where the gateway of c
+ * would listen (a wildcard host is tried on loopback). */
+bool ms_cluster_gateway_port_busy(const ms_cluster_conf *c);
+/* True if s is a usable gateway model name: 1..MS_CLUSTER_MODEL_NAME_MAX-1
+ * characters of [A-Za-z0-9._:/-]. */
+bool ms_cluster_model_name_ok(const char *s);
+
 /* Finds a port base at or above `start` (stepping by MS_CLUSTER_PORT_SPAN)
  * whose MS_CLUSTER_PORT_SPAN ports are all free on 127.0.0.1 (tries bind()).
  * The base, or -1 + err. */
@@ -126,12 +159,20 @@ int ms_cluster_find_port_base(int start, char *err, size_t err_size);
  * that is closed at once). */
 bool ms_cluster_port_listening(int port);
 
+/* One HTTP/1.0 GET of http://HOST:PORT/path (host as in [gateway] listen; a
+ * wildcard host is reached on loopback), at most timeout_ms in all. On 0,
+ * *status is the HTTP status and body holds the start of the response body
+ * (NUL-terminated, cut to body_size - 1 bytes; body may be NULL). -1 + err
+ * when no HTTP answer came (refused, timeout, not HTTP). */
+int ms_cluster_http_get(const char *host, int port, const char *path, int timeout_ms, int *status,
+                        char *body, size_t body_size, char *err, size_t err_size);
+
 /* ---- processes and pid files ---------------------------------------------- */
 
 /* What a pid file records about a process `modserve up` started. */
 typedef struct ms_proc {
     char name[MS_CLUSTER_ID_MAX];    /* "redis", "broker" or the actor id */
-    char role[16];                   /* "redis" | "broker" | "actor" */
+    char role[16];                   /* "redis" | "broker" | "gateway" | "actor" */
     char group[MS_CLUSTER_NAME_MAX]; /* actor's group, "" otherwise */
     int seq;                         /* actor's start sequence number, -1 otherwise */
     pid_t pid;                       /* process id = process group id (setsid) */
@@ -173,13 +214,17 @@ int ms_mkdirs(const char *path, char *err, size_t err_size);
 int ms_split_args(const char *s, char *buf, size_t size, char **argv, int max);
 
 /* ---- run directory and lifecycle ------------------------------------------------ */
-#define MS_CLUSTER_MAX_PROCS         (MS_CLUSTER_MAX_GROUPS * MS_CLUSTER_MAX_GROUP_ACTORS + 2)
-#define MS_CLUSTER_REDIS_TIMEOUT_MS  10000 /* redis-server must answer PING within this */
-#define MS_CLUSTER_BROKER_TIMEOUT_MS 30000 /* the broker must listen within this */
-#define MS_CLUSTER_DRAIN_MS          30000 /* actors drain this long before SIGKILL (down, scale) */
-#define MS_CLUSTER_STOP_MS           10000 /* broker / redis stop this long before SIGKILL */
-#define MS_CLUSTER_POLL_MS           100   /* readiness polling interval */
-#define MS_CLUSTER_LOG_TAIL_LINES    20    /* log lines shown when a process dies */
+#define MS_CLUSTER_MAX_PROCS          (MS_CLUSTER_MAX_GROUPS * MS_CLUSTER_MAX_GROUP_ACTORS + 3)
+#define MS_CLUSTER_REDIS_TIMEOUT_MS   10000 /* redis-server must answer PING within this */
+#define MS_CLUSTER_BROKER_TIMEOUT_MS  30000 /* the broker must listen within this */
+#define MS_CLUSTER_GATEWAY_TIMEOUT_MS 30000 /* the gateway must listen within this */
+#define MS_CLUSTER_HEALTH_TIMEOUT_MS  15000 /* `up` waits this long for the gateway's /health 200  \
+                                             */
+#define MS_CLUSTER_HTTP_TIMEOUT_MS 2000  /* one /health request (the gateway answers in <= 1 s) */
+#define MS_CLUSTER_DRAIN_MS        30000 /* actors drain this long before SIGKILL (down, scale) */
+#define MS_CLUSTER_STOP_MS         10000 /* broker / redis stop this long before SIGKILL */
+#define MS_CLUSTER_POLL_MS         100   /* readiness polling interval */
+#define MS_CLUSTER_LOG_TAIL_LINES  20    /* log lines shown when a process dies */
 
 /* A cluster's run directory: where its pid files, logs and resolved cluster
  * file are. Caller-owned storage. */
@@ -214,6 +259,16 @@ int ms_cluster_start_redis(ms_cluster_run *r, ms_proc *p, char *err, size_t err_
 /* Starts modserve-broker from conf.bin_dir and waits until its front port
  * accepts connections (MS_CLUSTER_BROKER_TIMEOUT_MS). As above. */
 int ms_cluster_start_broker(ms_cluster_run *r, ms_proc *p, char *err, size_t err_size);
+/* Starts modserve-gateway from conf.bin_dir (docs/cluster.md has its command
+ * line: the broker's front endpoint, the registry, --require-stages
+ * prefill,decode for a cluster without mmproj) and waits until it accepts
+ * connections (MS_CLUSTER_GATEWAY_TIMEOUT_MS). As above. */
+int ms_cluster_start_gateway(ms_cluster_run *r, ms_proc *p, char *err, size_t err_size);
+/* Polls the gateway's /health until it answers 200, for at most timeout_ms.
+ * 0 when healthy; -1 + err holding the last answer (status and body, e.g.
+ * the 503 reason) or why none came. Fails at once if gw (may be NULL) exits. */
+int ms_cluster_wait_gateway_health(const ms_cluster_run *r, const ms_proc *gw, int timeout_ms,
+                                   char *err, size_t err_size);
 /* Starts the next actor of group g (id NAME-(started+1), see docs/cluster.md
  * for its command line), records it (g->started, conf.next_seq, saved to
  * conf_path) and returns without waiting. 0, or -1 + err. */
@@ -231,7 +286,9 @@ int ms_cluster_wait_actors(const ms_cluster_run *r, const ms_proc *procs, int n,
  * many had to be killed. */
 int ms_cluster_stop(const ms_cluster_run *r, ms_proc *p, int n, int grace_ms);
 /* Stops everything recorded in the run directory: the actors (drain_ms to
- * drain; <= 0: SIGKILL everything), then the broker, then redis. Returns the
+ * drain; <= 0: SIGKILL everything), then the broker (its producers, the
+ * gateway included, get an error for what is still in flight), then the
+ * gateway, then redis. Returns the
  * number of pid files found (0: nothing to stop), or -1 + err. */
 int ms_cluster_down(const ms_cluster_run *r, int drain_ms, char *err, size_t err_size);
 

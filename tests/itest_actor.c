@@ -765,6 +765,44 @@ Test(actor, encoder_features_cache_and_drain, .init = redis_up, .fini = redis_do
     broker_close(&b);
 }
 
+/* Bound to the wildcard address as in a container, the actor publishes the
+ * host given by --advertise (with the port it bound), and peers pull from it. */
+static bool enc_one(const ms_actor_info *i, const void *arg) {
+    (void)arg;
+    return i->images_encoded == 1;
+}
+
+Test(actor, advertise_publishes_a_reachable_endpoint, .init = redis_up, .fini = redis_down,
+     .timeout = 60) {
+    t_broker b;
+    broker_open(&b);
+    t_actor enc;
+    /* actor_start checks the Hello: data_ep is tcp://127.0.0.1:PORT with a real port */
+    actor_start(&enc, &b, "enc-adv", "encode",
+                (const char *[]){"--data", "tcp://0.0.0.0:0", "--advertise", "127.0.0.1", NULL});
+    size_t len;
+    uint8_t *img = read_image("sample.jpg", &len);
+    ms_msg m;
+    ms_wire_image_ref ref;
+    zframe_t *fr;
+    encode_task(&m, &ref, 1, (const uint8_t *const *)&img, &len, 1, &fr);
+    send_to(&b, enc.id, &m, &fr, 1);
+    ms_frames_in in;
+    ms_frames_in_init(&in);
+    expect(&b, enc.id, MS_MSG_ENCODED, &in);
+    cr_assert_eq(feature_get(enc.data_ep, ref.hash, &in), MS_WIRE_OK, "%s", err);
+    cr_assert_eq(in.msg.type, MS_MSG_FEATURE_DATA, "got %s", ms_msg_type_name(in.msg.type));
+    ms_registry *r = registry();
+    ms_actor_info info = registry_wait(r, enc.id, enc_one, NULL);
+    cr_assert_str_eq(info.data_ep, enc.data_ep);
+    kill(enc.pid, SIGTERM);
+    cr_assert_eq(actor_wait(&enc, T_EXIT_MS), 0, "the encoder did not exit cleanly");
+    ms_frames_in_fini(&in);
+    ms_registry_destroy(&r);
+    free(img);
+    broker_close(&b);
+}
+
 /* ---- text instance ------------------------------------------------------------------------------
  */
 
@@ -1201,4 +1239,11 @@ Test(actor, cli_rejects_bad_arguments, .timeout = 30) {
     cr_assert_eq(run_cli((const char *[]){"--id", "x", "--stages", "decode", "--model", lm,
                                           "--data", "tcp://256.0.0.1:1", NULL}),
                  1, "an endpoint that does not bind");
+    cr_assert_eq(run_cli((const char *[]){"--id", "x", "--stages", "decode", "--model", lm,
+                                          "--advertise", "a b", NULL}),
+                 1, "--advertise with a space");
+    cr_assert_eq(
+        run_cli((const char *[]){"--id", "x", "--stages", "decode", "--model", lm, "--data",
+                                 "ipc:///tmp/ms-x.data", "--advertise", "host1", NULL}),
+        1, "--advertise with an ipc endpoint");
 }

@@ -6,7 +6,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cluster.h"
@@ -144,7 +148,148 @@ Test(cluster_conf, shipped_layouts_load, .timeout = 10) {
         for (int g = 0; g < c.n_groups; g++)
             enc |= ms_cluster_stages_has(c.groups[g].stages, "encode");
         cr_expect(enc, "%s has no encoder", names[i]);
+        cr_expect(c.gateway, "%s starts no gateway", names[i]);
+        cr_expect_str_eq(c.gateway_host, "127.0.0.1");
+        cr_expect_eq(c.gateway_port, 8000);
     }
+}
+
+Test(cluster_conf, gateway_section, .timeout = 10) {
+    ms_cluster_conf c, d;
+    char err[MS_ERR_SIZE] = "";
+    /* no [gateway]: no gateway, default address kept for --gateway-port */
+    cr_assert_eq(s_parse(&c, "[group a]\nstages = prefill+decode\n", err), 0, "%s", err);
+    cr_expect_not(c.gateway);
+    cr_expect_str_eq(c.gateway_host, "127.0.0.1");
+    cr_expect_eq(c.gateway_port, 8000);
+    /* an empty section enables it with the defaults */
+    cr_assert_eq(s_parse(&c, "[gateway]\n[group a]\nstages = prefill+decode\n", err), 0, "%s", err);
+    cr_expect(c.gateway);
+    cr_expect_eq(c.gateway_port, 8000);
+    const char *full = "[gateway]\nlisten = [::1]:8100\nmodel_name = org/demo-1.5b:q8\n"
+                       "args = --api-key-file /k.txt  --max-inflight 8\n"
+                       "[group a]\nstages = prefill+decode\n";
+    cr_assert_eq(s_parse(&c, full, err), 0, "%s", err);
+    cr_expect_str_eq(c.gateway_host, "[::1]");
+    cr_expect_eq(c.gateway_port, 8100);
+    cr_expect_str_eq(c.gateway_model, "org/demo-1.5b:q8");
+    cr_expect_str_eq(c.gateway_args, "--api-key-file /k.txt  --max-inflight 8");
+    char buf[MS_CLUSTER_EP_MAX];
+    ms_cluster_gateway_listen(&c, buf, sizeof(buf));
+    cr_expect_str_eq(buf, "[::1]:8100");
+    ms_cluster_gateway_url(&c, buf, sizeof(buf));
+    cr_expect_str_eq(buf, "http://[::1]:8100");
+    strcpy(c.gateway_host, "0.0.0.0");
+    ms_cluster_gateway_url(&c, buf, sizeof(buf));
+    cr_expect_str_eq(buf, "http://127.0.0.1:8100"); /* a wildcard is reached on loopback */
+    /* write -> parse round trip keeps the section */
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    cr_assert_eq(ms_cluster_conf_write(&c, f), 0);
+    fclose(f);
+    ms_cluster_conf_default(&d);
+    cr_assert_eq(ms_cluster_conf_parse(&d, text, len, "written", err, sizeof(err)), 0, "%s\n%s",
+                 err, text);
+    free(text);
+    cr_expect_eq(memcmp(&c, &d, sizeof(c)), 0, "gateway conf differs after parsing back");
+    /* bad values name the line */
+    static const struct {
+        const char *text;
+        const char *needle;
+    } bad[] = {
+        {"[gateway]\nlisten = 8000\n", "t.conf:2: listen"},
+        {"[gateway]\nlisten = 127.0.0.1:0\n", "listen"},
+        {"[gateway]\nlisten = 127.0.0.1:70000\n", "listen"},
+        {"[gateway]\nlisten = ::1:8000\n", "listen"},
+        {"[gateway]\nlisten = a b:8000\n", "listen"},
+        {"[gateway]\nmodel_name = my model\n", "model_name"},
+        {"[gateway]\nport = 8000\n", "unknown key"},
+        {"[gateway]\n[gateway]\n", "duplicate section"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cr_expect_eq(s_parse(&c, bad[i].text, err), -1, "case %zu accepted", i);
+        cr_expect(strstr(err, bad[i].needle) != NULL, "case %zu: '%s' lacks '%s'", i, err,
+                  bad[i].needle);
+    }
+    cr_expect(ms_cluster_model_name_ok("demo"));
+    cr_expect_not(ms_cluster_model_name_ok(""));
+    cr_expect_not(ms_cluster_model_name_ok("a\"b"));
+}
+
+/* A child process that answers each of the given connections on fd with one
+ * canned response, then exits. */
+static pid_t s_canned_server(int fd, const char *const *answers, int n) {
+    pid_t pid = fork();
+    if (pid != 0) return pid;
+    for (int i = 0; i < n;) {
+        int c = accept(fd, NULL, NULL);
+        if (c < 0) _exit(1);
+        char req[1024];
+        ssize_t got = recv(c, req, sizeof(req) - 1, 0); /* the request line at least */
+        if (got <= 0) {                                 /* a bare connect (the port probe) */
+            close(c);
+            continue;
+        }
+        if (strncmp(req, "GET /health HTTP/1.0", 20) != 0) _exit(2);
+        i++;
+        if (send(c, answers[i - 1], strlen(answers[i - 1]), MSG_NOSIGNAL) < 0) _exit(3);
+        close(c);
+    }
+    _exit(0);
+}
+
+Test(cluster_conf, gateway_http_get, .timeout = 20) {
+    /* nothing listens: an error, not a hang */
+    char err[MS_ERR_SIZE];
+    int base = ms_cluster_find_port_base(31000, err, sizeof(err));
+    cr_assert_geq(base, 31000, "%s", err);
+    int status = 0;
+    cr_expect_eq(
+        ms_cluster_http_get("127.0.0.1", base, "/health", 1000, &status, NULL, 0, err, sizeof(err)),
+        -1);
+    ms_cluster_conf c;
+    ms_cluster_conf_default(&c);
+    c.gateway_port = base;
+    cr_expect_not(ms_cluster_gateway_port_busy(&c));
+
+    /* a listening socket: busy; HTTP answers parsed, a non-HTTP answer refused */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)base)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    cr_assert_eq(listen(fd, 8), 0);
+    cr_expect(ms_cluster_gateway_port_busy(&c));
+    const char *answers[] = {
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\r\n"
+        "{\"status\":\"unavailable\",\"reason\":\"no live actor serves the encode stage\"}",
+        "HTTP/1.1 200 OK\r\n\r\n{\"status\":\"ok\"}",
+        "SSH-2.0-OpenSSH\r\n",
+    };
+    pid_t child = s_canned_server(fd, answers, 3);
+    cr_assert_geq(child, 0);
+    char body[128];
+    cr_assert_eq(ms_cluster_http_get("0.0.0.0", base, "/health", 5000, &status, body, sizeof(body),
+                                     err, sizeof(err)),
+                 0, "%s", err);
+    cr_expect_eq(status, 503);
+    cr_expect(strstr(body, "no live actor serves the encode stage") != NULL, "%s", body);
+    cr_assert_eq(
+        ms_cluster_http_get("127.0.0.1", base, "/health", 5000, &status, body, 8, err, sizeof(err)),
+        0, "%s", err);
+    cr_expect_eq(status, 200);
+    cr_expect_str_eq(body, "{\"statu"); /* cut to the buffer: 7 bytes + NUL */
+    cr_expect_eq(ms_cluster_http_get("127.0.0.1", base, "/health", 5000, &status, body,
+                                     sizeof(body), err, sizeof(err)),
+                 -1);
+    cr_expect(strstr(err, "no HTTP answer") != NULL, "%s", err);
+    int wst = 0;
+    cr_expect_eq(waitpid(child, &wst, 0), child);
+    cr_expect(WIFEXITED(wst) && WEXITSTATUS(wst) == 0, "canned server status %d", wst);
+    close(fd);
 }
 
 Test(cluster_conf, stages_and_endpoints, .timeout = 10) {

@@ -1,11 +1,12 @@
 /* modserve — the operator CLI for a local cluster (docs/cluster.md):
  *
- *   modserve up      start redis-server, the broker and the actors of a cluster file
+ *   modserve up      start redis-server, the broker, the gateway and the actors of a cluster file
  *   modserve status  the registry as a table, plus the processes `up` started
  *   modserve scale   start or drain actors of one group
- *   modserve down    drain the actors, stop the broker and Redis
+ *   modserve down    drain the actors, stop the broker, the gateway and Redis
  *   modserve submit  send one request and stream its answer
  *   modserve play    play a mixed image/text workload and print a latency report
+ *   modserve bench   replay a trace, or compare layouts (runs modserve-bench)
  *
  * The library side is schemas/cluster.[ch] (cluster files, run directory, pid
  * files, starting/waiting/stopping processes) and schemas/workload.[ch] (the
@@ -46,7 +47,7 @@ static const char *s_usage =
     "  up      [--layout modserve|monolith|disagg] [--cluster FILE]\n"
     "          [--model LM.gguf --mmproj MM.gguf | --preset demo|tiny] [--dir RUNDIR]\n"
     "          [--port-base N|auto] [--data tcp|ipc] [--threads N] [--count GROUP=N]...\n"
-    "          [--timeout S] [--bin-dir DIR]\n"
+    "          [--timeout S] [--bin-dir DIR] [--gateway-port N|auto] [--no-gateway]\n"
     "  status  [--dir RUNDIR] [--redis HOST:PORT] [--prefix P]\n"
     "  scale   GROUP N [--dir RUNDIR] [--timeout S]   (GROUP: a group name or a stage set)\n"
     "  down    [--dir RUNDIR] [--force]\n"
@@ -56,6 +57,9 @@ static const char *s_usage =
     "  play    [--requests N] [--image-ratio R] [--max-images K] [--concurrency C]\n"
     "          [--max-tokens N] [--temp T] [--seed S] [--image F]... [--broker EP]\n"
     "          [--dir RUNDIR] [--wait-ms MS] [--out FILE.jsonl] [--verify] [-q]\n"
+    "  bench   --trace FILE [options]              replay a trace against a cluster\n"
+    "          --trace FILE --compare L,L [options] the same slice on each layout, same cores\n"
+    "          (runs modserve-bench; docs/bench.md, docs/comparison.md; bench --help)\n"
     "\n"
     "RUNDIR defaults to ./run. submit/play give up after --wait-ms (default 60000) without\n"
     "an answer. --help after a command prints this text.\n";
@@ -158,6 +162,8 @@ static int s_abs(char *path, size_t size, char *err, size_t err_size) {
 
 typedef struct up_args {
     const char *layout, *cluster, *model, *mmproj, *preset, *dir, *bin_dir, *port_base, *data;
+    const char *gateway_port;                  /* N or auto (port_base + 3); starts a gateway */
+    bool no_gateway;                           /* --no-gateway: none, whatever the file says */
     int threads;                               /* > 0: overrides every group's threads */
     const char *counts[MS_CLUSTER_MAX_GROUPS]; /* GROUP=N */
     int n_counts;
@@ -245,6 +251,11 @@ static void s_parse_up(int argc, char **argv, up_args *a) {
             a->counts[a->n_counts++] = v;
         } else if (IS("--timeout")) {
             a->timeout_s = (int)s_int_arg(o, VALUE(), 1, 86400);
+        } else if (IS("--gateway-port")) {
+            a->gateway_port = VALUE();
+            if (strcmp(a->gateway_port, "auto") != 0) s_int_arg(o, a->gateway_port, 1, 65535);
+        } else if (IS("--no-gateway")) {
+            a->no_gateway = true;
         } else {
             s_usage_exit("up: unknown option '%s'", o);
         }
@@ -255,6 +266,28 @@ static void s_parse_up(int argc, char **argv, up_args *a) {
     if (a->preset && (a->model || a->mmproj))
         s_usage_exit("--preset excludes --model and --mmproj%s", "");
     if (a->mmproj && !a->model) s_usage_exit("--mmproj needs --model%s", "");
+    if (a->no_gateway && a->gateway_port)
+        s_usage_exit("--no-gateway excludes --gateway-port%s", "");
+}
+
+/* The gateway's model name when the cluster file gives none: the preset's
+ * name, else the LM file name without its directory and ".gguf". */
+static void s_default_model_name(const up_args *a, ms_cluster_conf *c) {
+    if (c->gateway_model[0]) return;
+    if (a->preset) {
+        snprintf(c->gateway_model, sizeof(c->gateway_model), "%s", a->preset);
+        return;
+    }
+    const char *slash = strrchr(c->lm, '/');
+    const char *base = slash ? slash + 1 : c->lm;
+    size_t n = strlen(base);
+    if (n > 5 && strcmp(base + n - 5, ".gguf") == 0) n -= 5;
+    if (n >= sizeof(c->gateway_model)) n = sizeof(c->gateway_model) - 1;
+    memcpy(c->gateway_model, base, n);
+    c->gateway_model[n] = '\0';
+    for (char *p = c->gateway_model; *p; p++)
+        if (!ms_cluster_model_name_ok((char[]){*p, '\0'})) *p = '_';
+    if (!c->gateway_model[0]) snprintf(c->gateway_model, sizeof(c->gateway_model), "modserve");
 }
 
 /* Resolves the cluster file, models, overrides and ports into r->conf. */
@@ -324,6 +357,17 @@ static int s_up_conf(const up_args *a, ms_cluster_run *r, char *err, size_t err_
         c->port_base =
             (int)s_int_arg("--port-base", a->port_base, 1024, 65535 - MS_CLUSTER_PORT_SPAN);
     }
+    /* the gateway: on the file's address, or on port_base + 3 when ports are picked */
+    if (a->no_gateway) c->gateway = false;
+    if (a->gateway_port) {
+        c->gateway = true;
+        c->gateway_port = strcmp(a->gateway_port, "auto") == 0
+                              ? c->port_base + MS_CLUSTER_GATEWAY_PORT_OFFSET
+                              : (int)s_int_arg("--gateway-port", a->gateway_port, 1, 65535);
+    } else if (c->gateway && a->port_base && strcmp(a->port_base, "auto") == 0) {
+        c->gateway_port = c->port_base + MS_CLUSTER_GATEWAY_PORT_OFFSET;
+    }
+    if (c->gateway) s_default_model_name(a, c);
     return 0;
 }
 
@@ -351,6 +395,11 @@ static void s_print_summary(const ms_cluster_run *r, const ms_proc *procs, int n
         } else if (strcmp(p->role, "broker") == 0) {
             printf("  %-10s %-22s %-8d %-8s front %s, back %s\n", p->name, "-", (int)p->pid, "-",
                    front, back);
+        } else if (strcmp(p->role, "gateway") == 0) {
+            char url[MS_CLUSTER_EP_MAX];
+            ms_cluster_gateway_url(c, url, sizeof(url));
+            printf("  %-10s %-22s %-8d %-8s %s/v1 (model %s; /health, /metrics)\n", p->name, "-",
+                   (int)p->pid, "-", url, c->gateway_model);
         } else {
             ms_cluster_group *g = ms_cluster_group_find((ms_cluster_conf *)c, p->group);
             const char *ep = "?";
@@ -378,6 +427,20 @@ static ms_cluster_run *s_run_open(const char *dir, char *err, size_t err_size) {
     r->log = stderr;
     r->progress = isatty(STDERR_FILENO) == 1;
     return r;
+}
+
+/* True if every stage the gateway's /health requires (encode with an mmproj,
+ * prefill, decode) has a group that starts actors. */
+static bool s_stages_staffed(const ms_cluster_conf *c) {
+    bool enc = !c->mmproj[0], pre = false, dec = false;
+    for (int i = 0; i < c->n_groups; i++) {
+        const ms_cluster_group *g = &c->groups[i];
+        if (g->count <= 0) continue;
+        enc |= ms_cluster_stages_has(g->stages, "encode");
+        pre |= ms_cluster_stages_has(g->stages, "prefill");
+        dec |= ms_cluster_stages_has(g->stages, "decode");
+    }
+    return enc && pre && dec;
 }
 
 static int cmd_up(int argc, char **argv) {
@@ -412,14 +475,24 @@ static int cmd_up(int argc, char **argv) {
     ms_cluster_conf *c = &r->conf;
     snprintf(c->bin_dir, sizeof(c->bin_dir), "%s", a.bin_dir ? a.bin_dir : s_exe_dir());
     if (s_abs(c->bin_dir, sizeof(c->bin_dir), err, sizeof(err)) != 0) goto fail;
-    static const char *const need[] = {"modserve-broker", "modserve-actor"};
+    static const char *const need[] = {"modserve-broker", "modserve-actor", "modserve-gateway"};
     for (size_t i = 0; i < MS_ARRAY_LEN(need); i++) {
+        if (!c->gateway && strcmp(need[i], "modserve-gateway") == 0) continue;
         char bin[MS_CLUSTER_PATH_MAX + 32];
         snprintf(bin, sizeof(bin), "%s/%s", c->bin_dir, need[i]);
         if (access(bin, X_OK) != 0) {
             ms_errf(err, sizeof(err), "%s: not found or not executable (build it first)", bin);
             goto fail;
         }
+    }
+    if (c->gateway && ms_cluster_gateway_port_busy(c)) {
+        char listen[MS_CLUSTER_EP_MAX];
+        ms_cluster_gateway_listen(c, listen, sizeof(listen));
+        ms_errf(err, sizeof(err),
+                "the gateway's address %s is in use (another cluster's gateway?): "
+                "modserve up --gateway-port N|auto, or --no-gateway",
+                listen);
+        goto fail;
     }
     c->next_seq = 0;
     for (int i = 0; i < c->n_groups; i++)
@@ -431,6 +504,12 @@ static int cmd_up(int argc, char **argv) {
     n++;
     if (ms_cluster_start_broker(r, &procs[n], err, sizeof(err)) != 0) goto fail;
     n++;
+    const ms_proc *gateway = NULL;
+    if (c->gateway) {
+        if (ms_cluster_start_gateway(r, &procs[n], err, sizeof(err)) != 0) goto fail;
+        gateway = &procs[n];
+        n++;
+    }
     int first_actor = n;
     for (int gi = 0; gi < c->n_groups; gi++) {
         ms_cluster_group *g = &c->groups[gi];
@@ -442,6 +521,20 @@ static int cmd_up(int argc, char **argv) {
     if (ms_cluster_wait_actors(r, procs + first_actor, n - first_actor, procs, first_actor,
                                a.timeout_s * 1000, err, sizeof(err)) != 0)
         goto fail;
+    if (gateway) {
+        /* the broker has heard from the actors and the registry lists them: /health says 200
+         * soon; if not, the cluster is up all the same and the reason is shown */
+        char herr[MS_ERR_SIZE];
+        /* a stage with no actor (--count enc=0) keeps /health at 503: one look, no waiting */
+        int health_ms = s_stages_staffed(c) ? MS_CLUSTER_HEALTH_TIMEOUT_MS : 0;
+        if (ms_cluster_wait_gateway_health(r, gateway, health_ms, herr, sizeof(herr)) != 0) {
+            if (!ms_proc_alive(gateway)) {
+                snprintf(err, sizeof(err), "%s", herr);
+                goto fail;
+            }
+            fprintf(stderr, "modserve up: warning: %s\n", herr);
+        }
+    }
     s_print_summary(r, procs, n, ms_now_s() - t0);
     free(r);
     return 0;
@@ -592,6 +685,22 @@ static int cmd_status(int argc, char **argv) {
     if (have_run) {
         char front[MS_CLUSTER_EP_MAX];
         ms_cluster_front_ep(&r->conf, front, sizeof(front));
+        if (r->conf.gateway) {
+            char url[MS_CLUSTER_EP_MAX], body[400], herr[MS_ERR_SIZE];
+            int code = 0;
+            ms_cluster_gateway_url(&r->conf, url, sizeof(url));
+            if (ms_cluster_http_get(r->conf.gateway_host, r->conf.gateway_port, "/health",
+                                    MS_CLUSTER_HTTP_TIMEOUT_MS, &code, body, sizeof(body), herr,
+                                    sizeof(herr)) == 0) {
+                for (char *p = body; *p; p++)
+                    if (*p == '\n' || *p == '\r') *p = ' ';
+                printf("gateway %s/v1 model %s: /health %d%s%.300s\n", url, r->conf.gateway_model,
+                       code, code == 200 ? "" : " ", code == 200 ? "" : body);
+            } else {
+                printf("gateway %s/v1 model %s: unreachable (%s)\n", url, r->conf.gateway_model,
+                       herr);
+            }
+        }
         printf("processes in %s (layout %s, broker front %s):\n", r->dir, r->conf.layout, front);
         for (int i = 0; i < n_procs; i++) {
             const ms_proc *p = &procs[i];
@@ -1164,6 +1273,22 @@ out:
     return rc;
 }
 
+/* ---- modserve bench ------------------------------------------------------------------ */
+
+/* `modserve bench ARGS` is BIN/modserve-bench ARGS (docs/bench.md, docs/comparison.md). */
+static int cmd_bench(int argc, char **argv) {
+    char bin[MS_CLUSTER_PATH_MAX + 32];
+    snprintf(bin, sizeof(bin), "%s/modserve-bench", s_exe_dir());
+    char **args = ms_xcalloc((size_t)argc + 2, sizeof(*args));
+    args[0] = bin;
+    for (int i = 0; i < argc; i++)
+        args[i + 1] = argv[i];
+    execv(bin, args);
+    fprintf(stderr, "modserve bench: cannot run %s: %s\n", bin, strerror(errno));
+    free(args);
+    return 1;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
         fputs(s_usage, argc < 2 ? stderr : stdout);
@@ -1178,6 +1303,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "scale") == 0) return cmd_scale(sub_argc, sub_argv);
     if (strcmp(cmd, "submit") == 0) return cmd_submit(sub_argc, sub_argv);
     if (strcmp(cmd, "play") == 0) return cmd_play(sub_argc, sub_argv);
+    if (strcmp(cmd, "bench") == 0) return cmd_bench(sub_argc, sub_argv);
     fprintf(stderr, "modserve: unknown command '%s'\n%s", cmd, s_usage);
     return 2;
 }

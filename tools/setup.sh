@@ -4,6 +4,7 @@
 # reinstalled, an existing build directory is reused.
 #
 #   tools/setup.sh [BUILD_DIR] [extra cmake args...]     (default BUILD_DIR: build)
+#   tools/setup.sh --deps-only                            (packages only: compose/Dockerfile)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,7 @@ PACKAGES=(
   libturbojpeg0-dev libjpeg62-turbo-dev libpng-dev libwebp-dev libcjson-dev
   libzmq3-dev libczmq-dev libmsgpack-dev libhiredis-dev redis-server
   libcriterion-dev libmicrohttpd-dev zlib1g-dev
+  docker-compose python3-yaml   # the compose_config test: compose/check.sh
 )
 
 missing=()
@@ -25,6 +27,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+if [ "${1:-}" = "--deps-only" ]; then exit 0; fi
 
 BUILD_DIR=${1:-build}
 shift || true
