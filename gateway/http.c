@@ -710,6 +710,14 @@ ms_gw_server *ms_gw_server_new(const ms_gw_config *c, char *err, size_t err_size
                 MS_WIRE_MAX_IMAGES, MS_WIRE_MAX_IMAGE_BYTES);
         return NULL;
     }
+    if (ms_fetch_enabled(&c->limits.fetch)) { /* remote image URLs (fetch.h) */
+        if (c->limits.fetch.timeout_ms == 0 ||
+            c->limits.fetch.timeout_ms > MS_FETCH_MAX_TIMEOUT_MS) {
+            ms_errf(err, err_size, "fetch timeout must be 1..%d ms", MS_FETCH_MAX_TIMEOUT_MS);
+            return NULL;
+        }
+        if (ms_fetch_global_init(err, err_size) != 0) return NULL; /* before any thread */
+    }
     char lhost[S_HOST_MAX], rhost[S_HOST_MAX];
     int lport, rport;
     if (ms_gw_split_host_port(c->listen, lhost, sizeof lhost, &lport, err, err_size) != 0 ||

@@ -26,6 +26,7 @@ void ms_oai_limits_default(ms_oai_limits *l) {
     l->max_image_bytes = MS_WIRE_MAX_IMAGE_BYTES;
     l->default_temperature = MS_OAI_DEFAULT_TEMPERATURE;
     l->default_max_tokens = 0;
+    ms_fetch_config_default(&l->fetch);
 }
 
 /* ---- errors ------------------------------------------------------------------------ */
@@ -233,27 +234,14 @@ static bool s_prefix_ci(const char *s, const char *prefix) {
     return strncasecmp(s, prefix, strlen(prefix)) == 0;
 }
 
-/* One image_url part (image k of the request) → r->images[k]. */
-static int s_image(s_parse *p, const cJSON *part, const char *param) {
-    ms_oai_request *r = p->r;
-    const cJSON *iu = cJSON_GetObjectItemCaseSensitive(part, "image_url");
-    const cJSON *url = cJSON_IsObject(iu) ? cJSON_GetObjectItemCaseSensitive(iu, "url") : iu;
-    if (!cJSON_IsString(url))
-        return ms_oai_errorf(p->e, 400, param, "invalid_type",
-                             "%s: an image_url part needs \"image_url\": {\"url\": \"data:...\"}",
-                             param);
-    if (r->n_images >= p->lim->max_images)
-        return ms_oai_errorf(p->e, 400, param, "too_many_images",
-                             "too many images: at most %u per request", p->lim->max_images);
-    const char *u = url->valuestring;
-    if (s_prefix_ci(u, "http://") || s_prefix_ci(u, "https://"))
-        return ms_oai_errorf(p->e, 400, param, "remote_image_disabled",
-                             "remote image URLs are disabled: send the image inline as a base64 "
-                             "data: URL (data:image/png;base64,...)");
+/* A base64 data: URL → a new decoded image file. */
+static int s_data_url(s_parse *p, const char *u, const char *param, uint8_t **img,
+                      size_t *img_len) {
     if (!s_prefix_ci(u, "data:"))
-        return ms_oai_errorf(p->e, 400, param, "invalid_image_url",
-                             "%s: image_url must be a base64 data: URL (data:image/png;base64,...)",
-                             param);
+        return ms_oai_errorf(
+            p->e, 400, param, "invalid_image_url",
+            "%s: image_url must be a base64 data: URL (data:image/png;base64,...)%s", param,
+            ms_fetch_enabled(&p->lim->fetch) ? " or an http(s) URL" : "");
     const char *comma = strchr(u, ',');
     const char *semi = strchr(u, ';');
     if (!comma)
@@ -273,16 +261,70 @@ static int s_image(s_parse *p, const cJSON *part, const char *param) {
         return ms_oai_errorf(p->e, 400, param, "invalid_image_url",
                              "%s: only base64 data: URLs are supported (';base64,')", param);
     char err[MS_ERR_SIZE];
-    uint8_t *img = NULL;
-    size_t img_len = 0;
     const char *b64 = comma + 1;
     size_t b64_len = strlen(b64);
-    if (ms_oai_base64_decode(b64, b64_len, p->lim->max_image_bytes, &img, &img_len, err,
+    if (ms_oai_base64_decode(b64, b64_len, p->lim->max_image_bytes, img, img_len, err,
                              sizeof err) != 0) {
         bool big = b64_len / 4 * 3 > p->lim->max_image_bytes;
         return ms_oai_errorf(p->e, big ? 413 : 400, param,
                              big ? "image_too_large" : "invalid_image", "image %u: base64 %s",
-                             r->n_images, err);
+                             p->r->n_images, err);
+    }
+    return 0;
+}
+
+/* An http(s) URL → a new fetched image file (fetch.h), when the allowlist permits. */
+static int s_remote(s_parse *p, const char *u, const char *param, uint8_t **img, size_t *img_len) {
+    if (!ms_fetch_enabled(&p->lim->fetch))
+        return ms_oai_errorf(p->e, 400, param, "remote_image_disabled",
+                             "remote image URLs are disabled: send the image inline as a base64 "
+                             "data: URL (data:image/png;base64,...), or start the gateway with "
+                             "--allow-fetch HOST[,HOST...] to fetch from those hosts");
+    char err[MS_ERR_SIZE];
+    long status = 0;
+    ms_fetch_result fr = ms_fetch_url(&p->lim->fetch, u, p->lim->max_image_bytes, img, img_len,
+                                      &status, err, sizeof err);
+    switch (fr) {
+    case MS_FETCH_OK:
+        return 0;
+    case MS_FETCH_TOO_LARGE:
+        return ms_oai_errorf(p->e, 413, param, "image_too_large", "image %u: %s", p->r->n_images,
+                             err);
+    case MS_FETCH_NOT_ALLOWED:
+        return ms_oai_errorf(p->e, 400, param, "image_host_not_allowed", "image %u: %s",
+                             p->r->n_images, err);
+    case MS_FETCH_BAD_URL:
+        return ms_oai_errorf(p->e, 400, param, "invalid_image_url", "image %u: %s", p->r->n_images,
+                             err);
+    case MS_FETCH_DISABLED:
+        return ms_oai_errorf(p->e, 400, param, "remote_image_disabled", "image %u: %s",
+                             p->r->n_images, err);
+    default:
+        return ms_oai_errorf(p->e, 400, param, "image_fetch_failed", "image %u: %s", p->r->n_images,
+                             err);
+    }
+}
+
+/* One image_url part (image k of the request) → r->images[k]. */
+static int s_image(s_parse *p, const cJSON *part, const char *param) {
+    ms_oai_request *r = p->r;
+    const cJSON *iu = cJSON_GetObjectItemCaseSensitive(part, "image_url");
+    const cJSON *url = cJSON_IsObject(iu) ? cJSON_GetObjectItemCaseSensitive(iu, "url") : iu;
+    if (!cJSON_IsString(url))
+        return ms_oai_errorf(p->e, 400, param, "invalid_type",
+                             "%s: an image_url part needs \"image_url\": {\"url\": \"data:...\"}",
+                             param);
+    if (r->n_images >= p->lim->max_images)
+        return ms_oai_errorf(p->e, 400, param, "too_many_images",
+                             "too many images: at most %u per request", p->lim->max_images);
+    const char *u = url->valuestring;
+    char err[MS_ERR_SIZE];
+    uint8_t *img = NULL;
+    size_t img_len = 0;
+    if (s_prefix_ci(u, "http://") || s_prefix_ci(u, "https://")) {
+        if (s_remote(p, u, param, &img, &img_len) != 0) return -1;
+    } else if (s_data_url(p, u, param, &img, &img_len) != 0) {
+        return -1;
     }
     if (img_len == 0) {
         free(img);

@@ -14,8 +14,10 @@
  * one wire message whose text is the parts joined by "\n", an image part
  * written as the marker "<image>" (MS_CHAT_IMAGE_MARKER); the images become
  * the Submit's payload frames in order. Role "developer" is sent as
- * "system". Remote (http/https) image URLs are refused with a 400: this
- * gateway never fetches. Completions: `prompt` (a string, or an array of
+ * "system". Remote (http/https) image URLs are refused with a 400 unless
+ * limits.fetch allows their host: then ms_oai_parse fetches them (blocking,
+ * at most limits.fetch.timeout_ms per image) and treats the bytes as a
+ * decoded data: URL. Completions: `prompt` (a string, or an array of
  * one string) sent raw (no chat template).
  *
  * Body input is untrusted: every size is bounded (ms_oai_limits), JSON
@@ -30,6 +32,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "fetch.h"
 #include "ms_common.h"
 #include "wire.h"
 
@@ -58,6 +61,7 @@ typedef struct ms_oai_limits {
     size_t max_image_bytes;      /* one decoded image file, <= MS_WIRE_MAX_IMAGE_BYTES */
     double default_temperature;  /* temperature when the request gives none */
     uint32_t default_max_tokens; /* max_tokens when none is given; 0: the broker's default */
+    ms_fetch_config fetch;       /* remote http(s) image URLs (fetch.h); default: off */
 } ms_oai_limits;
 
 void ms_oai_limits_default(ms_oai_limits *l);

@@ -6,7 +6,8 @@
  *                    [--api-key-file FILE] [--max-body-bytes N] [--max-images N]
  *                    [--max-pixels N] [--default-temperature T] [--default-max-tokens N]
  *                    [--require-stages encode,prefill,decode] [--max-inflight N]
- *                    [--max-connections N]
+ *                    [--max-connections N] [--allow-fetch HOST[,HOST...]]
+ *                    [--fetch-timeout-ms N] [--fetch-max-bytes N]
  *
  * Runs until SIGINT or SIGTERM. Exit status 0 after a signal, 1 on a bad
  * argument or a start-up failure.
@@ -48,9 +49,14 @@ static const char *s_usage =
     "                           (default encode,prefill,decode)\n"
     "  --max-inflight N         requests in flight before 429 (default %d)\n"
     "  --max-connections N      open HTTP connections (default %d)\n"
+    "  --allow-fetch LIST       fetch http(s) image URLs from these hosts: names or *.suffix,\n"
+    "                           comma-separated (default: none, fetching off)\n"
+    "  --fetch-timeout-ms N     time limit of one image fetch (default %d)\n"
+    "  --fetch-max-bytes N      bytes of one fetched image (default: the image limit, %u)\n"
     "  -h, --help               this text\n"
     "\n"
-    "Remote (http/https) image URLs are refused: send images as base64 data: URLs.\n";
+    "Remote (http/https) image URLs are refused unless --allow-fetch lists their host:\n"
+    "send images as base64 data: URLs.\n";
 
 static volatile sig_atomic_t s_stop;
 
@@ -110,7 +116,8 @@ int main(int argc, char **argv) {
         if (IS("-h") || IS("--help")) {
             printf(s_usage, MS_OAI_DEFAULT_MAX_BODY_BYTES, MS_WIRE_MAX_IMAGES, MS_WIRE_MAX_IMAGES,
                    MS_OAI_DEFAULT_MAX_PIXELS, MS_OAI_DEFAULT_TEMPERATURE,
-                   MS_GW_DEFAULT_MAX_INFLIGHT, MS_GW_DEFAULT_MAX_CONNECTIONS);
+                   MS_GW_DEFAULT_MAX_INFLIGHT, MS_GW_DEFAULT_MAX_CONNECTIONS,
+                   MS_FETCH_DEFAULT_TIMEOUT_MS, MS_WIRE_MAX_IMAGE_BYTES);
             return 0;
         } else if (IS("--model-name")) {
             c.model_name = VALUE();
@@ -156,6 +163,14 @@ int main(int argc, char **argv) {
             c.max_inflight = (unsigned)s_uint(o, VALUE(), 1, 1u << 20);
         } else if (IS("--max-connections")) {
             c.max_connections = (unsigned)s_uint(o, VALUE(), 1, 1u << 16);
+        } else if (IS("--allow-fetch")) {
+            char ferr[MS_ERR_SIZE];
+            if (ms_fetch_set_allow(&c.limits.fetch, VALUE(), ferr, sizeof ferr) != 0)
+                s_die("--allow-fetch: %s", ferr);
+        } else if (IS("--fetch-timeout-ms")) {
+            c.limits.fetch.timeout_ms = (uint32_t)s_uint(o, VALUE(), 1, MS_FETCH_MAX_TIMEOUT_MS);
+        } else if (IS("--fetch-max-bytes")) {
+            c.limits.fetch.max_bytes = (size_t)s_uint(o, VALUE(), 1, MS_WIRE_MAX_IMAGE_BYTES);
         } else {
             s_die("unknown option '%s'", o);
         }

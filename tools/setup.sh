@@ -12,7 +12,7 @@ PACKAGES=(
   build-essential cmake pkg-config clang libclang-rt-14-dev
   libturbojpeg0-dev libjpeg62-turbo-dev libpng-dev libwebp-dev libcjson-dev
   libzmq3-dev libczmq-dev libmsgpack-dev libhiredis-dev redis-server
-  libcriterion-dev libmicrohttpd-dev zlib1g-dev
+  libcriterion-dev libmicrohttpd-dev libcurl4-openssl-dev zlib1g-dev
   docker-compose python3-yaml   # the compose_config test: compose/check.sh
 )
 
