@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -18,12 +19,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
 #include <czmq.h>
 
 #include "broker_model.h"
 #include "client.h"
 #include "cluster.h"
+#include "compare.h"
 #include "ms_common.h"
+#include "profile.h"
 #include "replay.h"
 #include "report.h"
 #include "trace.h"
@@ -72,6 +76,19 @@ static const char s_usage[] =
     "  --wait-ms MS         give up after this long without an answer (default 60000)\n"
     "  --dry-run            plan and print the shapes, send nothing\n"
     "  -q                   no progress output\n"
+    "side by side (docs/comparison.md): each layout gets its own local cluster, the same slice\n"
+    "and the same core budget; writes compare.json, compare.svg and a report per run:\n"
+    "  --compare L,L        layouts to compare: modserve, monolith, disagg\n"
+    "  --model-info LM --mmproj MM | --preset demo|tiny   the model the clusters serve\n"
+    "  --cores N            cores (= actors, one thread each) per layout (default 2)\n"
+    "  --encoders K         encoder actors of modserve/disagg (default: from --profile, else N/2)\n"
+    "  --profile FILE       stage profile (modserve-profile): sizes the split, given to brokers\n"
+    "  --rates R,R,...      rate multipliers to sweep (on top of --rate; default 1)\n"
+    "  --slo-factor F       SLO = F x the isolated P50 on the monolith (default 5), unless\n"
+    "                       --ttft-ms / --tbt-ms are given; --calib-requests N (default 20)\n"
+    "  --kv-tokens N        KV capacity of every text actor (default 16384)\n"
+    "  --autoscale          also run modserve with modserve-autoscaler (--autoscale-args S)\n"
+    "  --port-base N        first port base tried for the clusters (default: pid-derived)\n"
     "Exit status: 0 every request completed; 1 some failed (the report is still written) or\n"
     "an error; 2 bad usage.\n";
 
@@ -83,6 +100,13 @@ typedef struct bench_args {
     int n_ctx, n_image_tokens, max_context, max_gen, max_images, concurrency, wait_ms;
     uint64_t seed;
     bool no_registry, reuse_images, allow_eos, dry_run, quiet;
+    bool ttft_set, tbt_set; /* --ttft-ms / --tbt-ms given */
+    int sample;             /* > 0: replay only this many requests spread over the slice */
+    /* --compare (schemas/compare.h) */
+    const char *compare, *rates, *preset, *profile, *autoscale_args;
+    int cores, encoders, kv_tokens, calib, port_base;
+    double slo_factor;
+    bool autoscale;
 } bench_args;
 
 static volatile sig_atomic_t s_stop;
@@ -128,6 +152,11 @@ static void s_parse(int argc, char **argv, bench_args *a) {
     a->wait_ms = BENCH_WAIT_MS_DEFAULT;
     a->seed = 1;
     a->out = BENCH_OUT_DEFAULT;
+    a->cores = 2;
+    a->encoders = -1;
+    a->kv_tokens = MS_COMPARE_KV_TOKENS;
+    a->calib = MS_COMPARE_CALIB_REQUESTS;
+    a->slo_factor = MS_COMPARE_SLO_FACTOR;
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i];
         if (strcmp(o, "--help") == 0 || strcmp(o, "-h") == 0) {
@@ -152,6 +181,10 @@ static void s_parse(int argc, char **argv, bench_args *a) {
         }
         if (strcmp(o, "-q") == 0) {
             a->quiet = true;
+            continue;
+        }
+        if (strcmp(o, "--autoscale") == 0) {
+            a->autoscale = true;
             continue;
         }
         if (i + 1 >= argc) s_usage_exit("unknown option or missing value: '%s'", o);
@@ -185,9 +218,9 @@ static void s_parse(int argc, char **argv, bench_args *a) {
         else if (strcmp(o, "--n-image-tokens") == 0)
             a->n_image_tokens = s_int(o, v, 1, (int)MS_WIRE_MAX_IMAGE_TOKENS);
         else if (strcmp(o, "--ttft-ms") == 0)
-            a->ttft_ms = s_int(o, v, 1, MS_WIRE_MAX_MS);
+            a->ttft_ms = s_int(o, v, 1, MS_WIRE_MAX_MS), a->ttft_set = true;
         else if (strcmp(o, "--tbt-ms") == 0)
-            a->tbt_ms = s_int(o, v, 1, MS_WIRE_MAX_MS);
+            a->tbt_ms = s_int(o, v, 1, MS_WIRE_MAX_MS), a->tbt_set = true;
         else if (strcmp(o, "--max-context") == 0)
             a->max_context = s_int(o, v, 1, 1 << 24);
         else if (strcmp(o, "--max-gen") == 0)
@@ -207,6 +240,28 @@ static void s_parse(int argc, char **argv, bench_args *a) {
             a->bin_s = s_num(o, v);
         else if (strcmp(o, "--wait-ms") == 0)
             a->wait_ms = s_int(o, v, 1, MS_WIRE_MAX_MS);
+        else if (strcmp(o, "--compare") == 0)
+            a->compare = v;
+        else if (strcmp(o, "--rates") == 0)
+            a->rates = v;
+        else if (strcmp(o, "--preset") == 0)
+            a->preset = v;
+        else if (strcmp(o, "--profile") == 0)
+            a->profile = v;
+        else if (strcmp(o, "--cores") == 0)
+            a->cores = s_int(o, v, 1, MS_COMPARE_MAX_CORES);
+        else if (strcmp(o, "--encoders") == 0)
+            a->encoders = s_int(o, v, 0, MS_COMPARE_MAX_CORES);
+        else if (strcmp(o, "--kv-tokens") == 0)
+            a->kv_tokens = s_int(o, v, 0, 1 << 24);
+        else if (strcmp(o, "--slo-factor") == 0)
+            a->slo_factor = s_num(o, v);
+        else if (strcmp(o, "--calib-requests") == 0)
+            a->calib = s_int(o, v, 1, 1000);
+        else if (strcmp(o, "--autoscale-args") == 0)
+            a->autoscale_args = v;
+        else if (strcmp(o, "--port-base") == 0)
+            a->port_base = s_int(o, v, 1024, 65535 - MS_CLUSTER_PORT_SPAN);
         else
             s_usage_exit("unknown option '%s'", o);
     }
@@ -215,6 +270,13 @@ static void s_parse(int argc, char **argv, bench_args *a) {
         s_usage_exit("%s", "--start and a first row (--rows A:...) exclude each other");
     if (!(a->bin_s > 0)) s_usage_exit("%s", "--bin-s must be > 0");
     if (a->mmproj && !a->lm) s_usage_exit("%s", "--mmproj needs --model-info");
+    if (!a->compare && (a->rates || a->preset || a->profile || a->autoscale))
+        s_usage_exit("%s", "--rates, --preset, --profile and --autoscale go with --compare");
+    if (a->compare && (a->dir || a->broker || a->redis || a->no_registry || a->dry_run))
+        s_usage_exit("%s", "--compare starts its own clusters: no --dir, --broker, --redis, "
+                           "--no-registry or --dry-run");
+    if (a->preset && a->lm) s_usage_exit("%s", "--preset excludes --model-info");
+    if (!(a->slo_factor > 0)) s_usage_exit("%s", "--slo-factor must be > 0");
 }
 
 /* Directory of this executable, or "." if unknown. */
@@ -269,6 +331,13 @@ typedef struct bench_ctx {
     char pool_buf[BENCH_MAX_POOL][MS_CLUSTER_PATH_MAX];
     int n_pool;
     ms_report_req *reqs;
+    /* kept for --compare (keep set by the caller) */
+    bool keep, have_sum;
+    ms_report_summary sum;
+    ms_report_bin *bins; /* the timeline (malloc'd) */
+    int n_bins;
+    double bin_s;
+    int64_t plan_images, plan_prompt, plan_gen; /* the planned slice's totals */
 } bench_ctx;
 
 static int s_resolve_target(const bench_args *a, bench_ctx *c, char *err, size_t err_size) {
@@ -360,6 +429,7 @@ static void s_ctx_fini(bench_ctx *c) {
     if (c->reqs) ms_report_reqs_fini(c->reqs, (int)c->n);
     free(c->reqs);
     free(c->run);
+    free(c->bins);
 }
 
 static void s_basename(const char *path, char *out, size_t size) {
@@ -549,6 +619,18 @@ static int s_main(const bench_args *a, bench_ctx *c) {
         fprintf(stderr, "modserve bench: %s\n", err);
         return 1;
     }
+    if (a->sample > 0 && (size_t)a->sample < c->n) { /* evenly spread requests (calibration) */
+        for (int k = 0; k < a->sample; k++) {
+            const size_t from = (size_t)k * c->n / (size_t)a->sample;
+            if (from != (size_t)k) c->reqs[k] = c->reqs[from];
+        }
+        c->n = (size_t)a->sample;
+    }
+    for (size_t i = 0; i < c->n; i++) {
+        c->plan_images += c->reqs[i].n_images;
+        c->plan_prompt += c->reqs[i].prompt_tokens;
+        c->plan_gen += c->reqs[i].max_tokens;
+    }
     if (!a->quiet || a->dry_run) s_print_plan(a, c);
     if (a->dry_run) return 0;
     bool need_pool = false;
@@ -596,6 +678,12 @@ static int s_main(const bench_args *a, bench_ctx *c) {
     ms_report_summary sum;
     ms_report_summarize(c->reqs, (int)c->n, res.samples, res.n_samples, &slo, &sum);
     ms_report_print(stdout, &sum);
+    if (c->keep) {
+        c->sum = sum;
+        c->have_sum = true;
+        c->bins = ms_report_timeline(c->reqs, (int)c->n, res.samples, res.n_samples, &slo,
+                                     sum.duration_s, a->bin_s, &c->n_bins, &c->bin_s);
+    }
     int rc = s_write_reports(a, c, &res, &sum, started, err, sizeof err);
     if (rc != 0)
         fprintf(stderr, "modserve bench: %s\n", err);
@@ -622,6 +710,223 @@ static int s_main(const bench_args *a, bench_ctx *c) {
     return rc != 0 || all->errors > 0 || res.gave_up || res.protocol_errors ? 1 : 0;
 }
 
+/* ---- --compare: the same slice on several layouts (schemas/compare.h) ---------------------- */
+
+/* An absolute path of an existing file into out. 0, or -1 + err. */
+static int s_abs_file(const char *path, char *out, size_t size, char *err, size_t err_size) {
+    char buf[PATH_MAX];
+    if (!realpath(path, buf)) return ms_errf(err, err_size, "%s: %s", path, strerror(errno));
+    if (strlen(buf) >= size) return ms_errf(err, err_size, "%s: path too long", path);
+    snprintf(out, size, "%s", buf);
+    return 0;
+}
+
+/* The model files of --preset NAME: NAME-lm.gguf and NAME-mmproj.gguf in ./models or in the
+ * repository's models/ (next to the build tree), as `modserve up --preset` finds them. */
+static int s_preset_paths(const char *preset, char *lm, char *mm, size_t size, char *err,
+                          size_t err_size) {
+    if (strcmp(preset, "demo") != 0 && strcmp(preset, "tiny") != 0)
+        return ms_errf(err, err_size, "--preset: expected demo or tiny, got '%s'", preset);
+    char dirs[2][MS_CLUSTER_PATH_MAX];
+    snprintf(dirs[0], sizeof dirs[0], "models");
+    snprintf(dirs[1], sizeof dirs[1], "%.900s/../../models", s_exe_dir());
+    for (int d = 0; d < 2; d++) {
+        char l[MS_CLUSTER_PATH_MAX + 64], m[MS_CLUSTER_PATH_MAX + 64];
+        snprintf(l, sizeof l, "%.900s/%.8s-lm.gguf", dirs[d], preset);
+        snprintf(m, sizeof m, "%.900s/%.8s-mmproj.gguf", dirs[d], preset);
+        if (access(l, R_OK) == 0 && access(m, R_OK) == 0)
+            return s_abs_file(l, lm, size, err, err_size) || s_abs_file(m, mm, size, err, err_size)
+                       ? -1
+                       : 0;
+    }
+    return ms_errf(err, err_size,
+                   "no %s models in ./models or %s: make them with modserve-mkmodel --preset %s "
+                   "--out models",
+                   preset, dirs[1], preset);
+}
+
+/* The replay of one comparison run: this tool's own replay against the run's cluster. */
+static int s_compare_replay(void *ud, const ms_compare_replay *sp, ms_compare_cell *cell, char *err,
+                            size_t err_size) {
+    const bench_args *base = ud;
+    bench_args a = *base;
+    a.compare = NULL;
+    a.dir = sp->rundir;
+    a.out = sp->out;
+    a.lm = a.mmproj = NULL; /* the cluster's */
+    a.broker = a.redis = a.prefix = NULL;
+    a.rate = base->rate * sp->rate;
+    a.ttft_ms = sp->ttft_ms;
+    a.tbt_ms = sp->tbt_ms;
+    if (sp->concurrency > 0) a.concurrency = sp->concurrency;
+    if (sp->sample > 0) { /* isolated requests: all due at once, one at a time */
+        a.sample = sp->sample;
+        a.time_scale = MS_TRACE_MIN_SCALE;
+        a.rate = 1;
+    }
+    bench_ctx *c = ms_xcalloc(1, sizeof *c);
+    c->keep = true;
+    printf("\n== %s ==\n", sp->label);
+    fflush(stdout);
+    s_main(&a, c);
+    int rc = 0;
+    if (c->have_sum) {
+        cell->sum = c->sum;
+        cell->bins = c->bins;
+        cell->n_bins = c->n_bins;
+        cell->bin_s = c->bin_s;
+        c->bins = NULL;
+    } else {
+        rc = ms_errf(err, err_size, "the replay did not run (see its messages above)");
+    }
+    s_ctx_fini(c);
+    free(c);
+    return rc;
+}
+
+/* compare.json's "workload": the trace, the slice, the clamps, the planned totals. */
+static char *s_compare_meta(const bench_args *a, const bench_ctx *c, const ms_compare_opts *o) {
+    cJSON *m = cJSON_CreateObject();
+    char t0[MS_TRACE_TIME_MAX], t1[MS_TRACE_TIME_MAX];
+    ms_trace_format_time(c->trace.rows[c->first].t_ns, t0, sizeof t0);
+    ms_trace_format_time(c->trace.rows[c->first + c->n - 1].t_ns, t1, sizeof t1);
+    cJSON_AddStringToObject(m, "trace", a->trace);
+    cJSON_AddStringToObject(m, "format", ms_trace_format_name(c->trace.format));
+    cJSON_AddNumberToObject(m, "row_first", (double)c->first);
+    cJSON_AddNumberToObject(m, "rows", (double)c->n);
+    cJSON_AddStringToObject(m, "t_first", t0);
+    cJSON_AddStringToObject(m, "t_last", t1);
+    cJSON_AddNumberToObject(m, "time_scale", a->time_scale);
+    cJSON_AddNumberToObject(m, "rate", a->rate);
+    cJSON *r = cJSON_AddArrayToObject(m, "rates");
+    for (int i = 0; i < o->n_rates; i++)
+        cJSON_AddItemToArray(r, cJSON_CreateNumber(o->rates[i]));
+    cJSON_AddNumberToObject(m, "max_context", a->max_context);
+    cJSON_AddNumberToObject(m, "max_gen", a->max_gen);
+    cJSON_AddNumberToObject(m, "max_images", a->max_images);
+    cJSON_AddStringToObject(m, "model", o->lm);
+    cJSON_AddStringToObject(m, "mmproj", o->mmproj ? o->mmproj : "");
+    cJSON_AddStringToObject(m, "profile", o->profile ? o->profile : "");
+    cJSON_AddNumberToObject(m, "n_image_tokens", c->n_image_tokens);
+    cJSON_AddNumberToObject(m, "requests", (double)c->n);
+    cJSON_AddNumberToObject(m, "images", (double)c->plan_images);
+    cJSON_AddNumberToObject(m, "prompt_tokens", (double)c->plan_prompt);
+    cJSON_AddNumberToObject(m, "max_tokens", (double)c->plan_gen);
+    cJSON *n = cJSON_AddObjectToObject(m, "need_instance_s");
+    cJSON_AddNumberToObject(n, "encode", o->need[MS_COMPARE_ENCODE]);
+    cJSON_AddNumberToObject(n, "prefill", o->need[MS_COMPARE_PREFILL]);
+    cJSON_AddNumberToObject(n, "decode", o->need[MS_COMPARE_DECODE]);
+    char *text = cJSON_PrintUnformatted(m);
+    cJSON_Delete(m);
+    return text;
+}
+
+static int s_compare_main(const bench_args *a) {
+    char err[MS_ERR_SIZE];
+    ms_compare_opts o;
+    ms_compare_opts_default(&o);
+    o.n_layouts = ms_compare_parse_layouts(a->compare, o.layouts, MS_COMPARE_MAX_LAYOUTS, err,
+                                           sizeof err);
+    if (o.n_layouts < 0 ||
+        (o.n_rates = ms_compare_parse_rates(a->rates ? a->rates : "1", o.rates,
+                                            MS_COMPARE_MAX_RATES, err, sizeof err)) < 0) {
+        fprintf(stderr, "modserve bench --compare: %s\n", err);
+        return 2;
+    }
+    static char lm[MS_CLUSTER_PATH_MAX], mm[MS_CLUSTER_PATH_MAX], prof[MS_CLUSTER_PATH_MAX];
+    int rc = 0;
+    if (a->preset)
+        rc = s_preset_paths(a->preset, lm, mm, sizeof lm, err, sizeof err);
+    else if (!a->lm)
+        rc = ms_errf(err, sizeof err, "give the model: --model-info LM --mmproj MM, or --preset");
+    else
+        rc = s_abs_file(a->lm, lm, sizeof lm, err, sizeof err) ||
+             (a->mmproj && s_abs_file(a->mmproj, mm, sizeof mm, err, sizeof err));
+    if (rc == 0 && a->profile) rc = s_abs_file(a->profile, prof, sizeof prof, err, sizeof err);
+    ms_profile profile;
+    if (rc == 0 && a->profile) rc = ms_profile_load(prof, &profile, NULL, err, sizeof err);
+    if (rc != 0) {
+        fprintf(stderr, "modserve bench --compare: %s\n", err);
+        return 1;
+    }
+    /* the slice, planned once: its load per stage sizes the split */
+    bench_args d = *a;
+    d.compare = NULL;
+    d.dry_run = true;
+    d.no_registry = true;
+    d.lm = lm;
+    d.mmproj = mm[0] ? mm : NULL;
+    bench_ctx *plan = ms_xcalloc(1, sizeof *plan);
+    if (s_main(&d, plan) != 0 || !plan->reqs) {
+        s_ctx_fini(plan);
+        free(plan);
+        return 1;
+    }
+    o.has_images = plan->plan_images > 0 && mm[0];
+    if (a->profile) {
+        const double img_tok = (double)plan->plan_images * plan->n_image_tokens;
+        const double cap[3] = {profile.stage[MS_STAGE_ENCODE].capacity_per_s,
+                               profile.stage[MS_STAGE_PREFILL].capacity_per_s,
+                               profile.stage[MS_STAGE_DECODE].capacity_per_s};
+        const double load[3] = {img_tok, (double)plan->plan_prompt, (double)plan->plan_gen};
+        for (int s = 0; s < 3; s++)
+            o.need[s] = cap[s] > 0 ? load[s] / cap[s] : 0;
+        printf("  load per stage at the profile's capacities: encode %.1f, prefill %.1f, decode "
+               "%.1f instance-s\n",
+               o.need[0], o.need[1], o.need[2]);
+    }
+    o.cores = a->cores;
+    o.encoders = a->encoders;
+    o.lm = lm;
+    o.mmproj = mm;
+    o.profile = a->profile ? prof : NULL;
+    o.bin_dir = s_exe_dir();
+    o.out = a->out;
+    o.kv_tokens = a->kv_tokens;
+    o.ttft_ms = a->ttft_set ? a->ttft_ms : 0;
+    o.tbt_ms = a->tbt_set ? a->tbt_ms : 0;
+    o.slo_factor = a->slo_factor;
+    o.calib_requests = a->calib;
+    o.autoscale = a->autoscale;
+    o.autoscale_args = a->autoscale_args;
+    o.port_base = a->port_base;
+    o.stop = &s_stop;
+    o.log = stderr;
+    ms_compare_result *res = ms_xcalloc(1, sizeof *res);
+    if (ms_mkdirs(a->out, err, sizeof err) != 0 ||
+        ms_compare_run(&o, s_compare_replay, (void *)a, res, err, sizeof err) != 0) {
+        fprintf(stderr, "modserve bench --compare: %s\n", err);
+        rc = 1;
+    }
+    if (res->n_cells > 0) {
+        ms_compare_print(stdout, res);
+        char path[MS_CLUSTER_PATH_MAX + 32], title[512], name[256];
+        char *meta = s_compare_meta(a, plan, &o);
+        s_basename(a->trace, name, sizeof name);
+        snprintf(title, sizeof title, "modserve bench --compare %s: %s rows %zu..%zu, time x%g",
+                 a->compare, name, plan->first, plan->first + plan->n - 1, a->time_scale);
+        snprintf(path, sizeof path, "%s/compare.json", a->out);
+        int wrc = ms_compare_write_json(path, res, meta, err, sizeof err);
+        if (wrc == 0) {
+            snprintf(path, sizeof path, "%s/compare.svg", a->out);
+            wrc = ms_compare_write_svg(path, title, res, err, sizeof err);
+        }
+        if (wrc != 0) {
+            fprintf(stderr, "modserve bench --compare: %s\n", err);
+            rc = 1;
+        } else {
+            printf("wrote %s/{compare.json, compare.svg} and a report per run in %s/LABEL/\n",
+                   a->out, a->out);
+        }
+        free(meta);
+    }
+    ms_compare_result_fini(res);
+    free(res);
+    s_ctx_fini(plan);
+    free(plan);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     /* `modserve bench ...` execs this program with argv[1] == "bench" */
     if (argc > 1 && strcmp(argv[1], "bench") == 0) {
@@ -637,6 +942,7 @@ int main(int argc, char **argv) {
     sa.sa_handler = s_on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    if (a.compare) return s_compare_main(&a);
     bench_ctx *c = ms_xcalloc(1, sizeof *c);
     const int rc = s_main(&a, c);
     s_ctx_fini(c);
