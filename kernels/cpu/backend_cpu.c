@@ -139,7 +139,8 @@ typedef struct s_quant_job {
     const float *x;
     int8_t *xq;
     float *xd;
-    int16_t *bsums; /* NULL: Q8_0-style blocks of 32; else Q8_K-style blocks of 256 */
+    int16_t *bsums; /* block sums (K/32 per row), or NULL when the kernels take none */
+    bool q8k;       /* Q8_K-style blocks of 256 (Q4_K weights), else Q8_0-style blocks of 32 */
     int64_t K;
 } s_quant_job;
 
@@ -148,9 +149,11 @@ static void s_quant_task(void *ctx, int row, int thread) {
     const s_quant_job *q = ctx;
     const float *x = q->x + (size_t)row * q->K;
     int8_t *xq = q->xq + (size_t)row * q->K;
-    if (q->bsums)
-        q->k->quantize_q8k(x, xq, q->xd + (size_t)row * (q->K / MS_CPU_QKK),
-                           q->bsums + (size_t)row * (q->K / 32), q->K);
+    int16_t *bsums = q->bsums ? q->bsums + (size_t)row * (q->K / MS_CPU_QK) : NULL;
+    if (q->q8k)
+        q->k->quantize_q8k(x, xq, q->xd + (size_t)row * (q->K / MS_CPU_QKK), bsums, q->K);
+    else if (bsums)
+        q->k->quantize_q8s(x, xq, q->xd + (size_t)row * (q->K / MS_CPU_QK), bsums, q->K);
     else
         q->k->quantize_q8(x, xq, q->xd + (size_t)row * (q->K / MS_CPU_QK), q->K);
 }
@@ -161,24 +164,25 @@ static int s_round_up(int v, int m) { return (v + m - 1) / m * m; }
 static void s_quantize_act(s_cpu *c, s_mm_job *j, const float *x, bool q8k, bool par) {
     const int64_t K = j->K;
     const size_t nq = (size_t)j->n * K, nd = (size_t)j->n * (K / MS_CPU_QK);
-    if (c->xq_cap < nq) {
+    if (c->xq_cap < nq) { /* 64-byte aligned: the kernels load activations a cache line at a time */
         free(c->xq);
-        c->xq = ms_xmalloc(nq);
+        c->xq = aligned_alloc(MS_CPU_ALIGN, (nq + MS_CPU_ALIGN - 1) / MS_CPU_ALIGN * MS_CPU_ALIGN);
+        if (!c->xq) abort(); /* out of memory: sizes come from validated model shapes */
         c->xq_cap = nq;
     }
-    if (c->xd_cap < nd) { /* also holds the bsums (K/32 int16 per row) after the scales */
+    if (c->xd_cap < nd) { /* also holds the block sums (K/32 int16 per row) after the scales */
         free(c->xd);
         c->xd = ms_xmalloc(nd * sizeof(float) * 2);
         c->xd_cap = nd;
     }
-    s_quant_job q = {.k = c->k, .x = x, .xq = c->xq, .xd = c->xd, .K = K,
-                     .bsums = q8k ? (int16_t *)(c->xd + nd) : NULL};
+    s_quant_job q = {.k = c->k, .x = x, .xq = c->xq, .xd = c->xd, .K = K, .q8k = q8k,
+                     .bsums = q8k || c->k->quantize_q8s ? (int16_t *)(c->xd + nd) : NULL};
     if (par && nq >= MS_CPU_PAR_MIN_FLOATS) ms_threadpool_run(c->pool, j->n, s_quant_task, &q);
     else
         for (int i = 0; i < j->n; i++) s_quant_task(&q, i, 0);
     j->act = (ms_cpu_act){.x = c->xq, .row_bytes = (size_t)K, .d = c->xd,
                           .ld_d = (size_t)(K / (q8k ? MS_CPU_QKK : MS_CPU_QK)), .bsums = q.bsums,
-                          .ld_bsums = (size_t)(K / 32)};
+                          .ld_bsums = (size_t)(K / MS_CPU_QK)};
 }
 
 static void s_matmul(ms_backend *be, float *y, const ms_tensor *w, const float *x, int n) {
@@ -409,6 +413,12 @@ static size_t s_kv_row(const ms_attn_args *a, int j) {
     return (size_t)a->block_table[j / a->block_size] * a->block_size + (size_t)(j % a->block_size);
 }
 
+/* How many keys from j on (at most n in all) lie in consecutive cache rows. */
+static int s_kv_run(const ms_attn_args *a, int j, int n) {
+    if (!a->block_table) return n - j;
+    return MS_MIN(a->block_size - j % a->block_size, n - j);
+}
+
 static void s_attn_task(void *ctx, int task, int thread) {
     const s_attn_job *job = ctx;
     const ms_attn_args *a = job->a;
@@ -427,13 +437,20 @@ static void s_attn_task(void *ctx, int task, int thread) {
         memset(out, 0, (size_t)hd * sizeof(float));
         if (n_see <= 0) continue;
         const size_t kv_off = (size_t)(h / group) * hd;
+        for (int j = 0, len; j < n_see; j += len) { /* runs of consecutive cache rows */
+            len = s_kv_run(a, j, n_see);
+            k->dot_rows(score + j, q, a->k + s_kv_row(a, j) * kv_stride + kv_off, kv_stride, len, hd);
+        }
         float mx = -INFINITY;
         for (int j = 0; j < n_see; j++) {
-            score[j] = k->dot(q, a->k + s_kv_row(a, j) * kv_stride + kv_off, hd) * a->scale;
+            score[j] *= a->scale;
             if (score[j] > mx) mx = score[j];
         }
         const float sum = k->softmax_exp(score, n_see, mx);
-        for (int j = 0; j < n_see; j++) k->axpy(out, score[j], a->v + s_kv_row(a, j) * kv_stride + kv_off, hd);
+        for (int j = 0, len; j < n_see; j += len) {
+            len = s_kv_run(a, j, n_see);
+            k->axpy_rows(out, score + j, a->v + s_kv_row(a, j) * kv_stride + kv_off, kv_stride, len, hd);
+        }
         k->scale(out, 1.0f / sum, hd);
     }
 }

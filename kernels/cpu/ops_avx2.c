@@ -533,28 +533,70 @@ static void s_layernorm_row(float *y, const float *x, const float *w, const floa
 
 /* ---- attention helpers ------------------------------------------------------------- */
 
-static float s_dot(const float *a, const float *b, int n) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+/* R dot products q·x_r over len values, each with two 8-lane accumulators
+ * (k mod 16 < 8 and >= 8), one fixed horizontal sum, then a scalar tail. */
+AI void s_dot_tile(int R, float *s, const float *q, const float *x, size_t ld, int len) {
+    __m256 a0[4], a1[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) a0[r] = a1[r] = _mm256_setzero_ps();
     int k = 0;
-    for (; k + 16 <= n; k += 16) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8), a1);
+    for (; k + 16 <= len; k += 16) {
+        const __m256 q0 = _mm256_loadu_ps(q + k), q1 = _mm256_loadu_ps(q + k + 8);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            a0[r] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(x + r * ld + k), a0[r]);
+            a1[r] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(x + r * ld + k + 8), a1[r]);
+        }
     }
-    if (k + 8 <= n) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), a0);
+    if (k + 8 <= len) {
+        const __m256 q0 = _mm256_loadu_ps(q + k);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) a0[r] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(x + r * ld + k), a0[r]);
         k += 8;
     }
-    float s = s_hsum(_mm256_add_ps(a0, a1));
-    for (; k < n; k++) s += a[k] * b[k];
-    return s;
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        float t = s_hsum(_mm256_add_ps(a0[r], a1[r]));
+        for (int i = k; i < len; i++) t += q[i] * x[r * ld + i];
+        s[r] = t;
+    }
 }
 
-static void s_axpy(float *y, float a, const float *x, int n) {
-    const __m256 av = _mm256_set1_ps(a);
+static void s_dot_rows(float *s, const float *q, const float *x, size_t ld, int n, int len) {
+    int j = 0;
+    for (; j + 4 <= n; j += 4) s_dot_tile(4, s + j, q, x + (size_t)j * ld, ld, len);
+    for (; j < n; j++) s_dot_tile(1, s + j, q, x + (size_t)j * ld, ld, len);
+}
+
+/* y[0..8C) += a[j]·x_j[0..8C) for j = 0..n-1 in order, y kept in registers. */
+AI void s_axpy_chunk(int C, float *y, const float *a, const float *x, size_t ld, int n) {
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int c = 0; c < C; c++) acc[c] = _mm256_loadu_ps(y + 8 * c);
+    for (int j = 0; j < n; j++) {
+        const __m256 av = _mm256_set1_ps(a[j]);
+#pragma GCC unroll 8
+        for (int c = 0; c < C; c++) acc[c] = _mm256_fmadd_ps(av, _mm256_loadu_ps(x + j * ld + 8 * c), acc[c]);
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < C; c++) _mm256_storeu_ps(y + 8 * c, acc[c]);
+}
+
+static void s_axpy_rows(float *y, const float *a, const float *x, size_t ld, int n, int len) {
     int k = 0;
-    for (; k + 8 <= n; k += 8)
-        _mm256_storeu_ps(y + k, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + k), _mm256_loadu_ps(y + k)));
-    for (; k < n; k++) y[k] += a * x[k];
+    for (; k + 64 <= len; k += 64) s_axpy_chunk(8, y + k, a, x + k, ld, n);
+    switch ((len - k) / 8) {
+    case 7: s_axpy_chunk(7, y + k, a, x + k, ld, n); break;
+    case 6: s_axpy_chunk(6, y + k, a, x + k, ld, n); break;
+    case 5: s_axpy_chunk(5, y + k, a, x + k, ld, n); break;
+    case 4: s_axpy_chunk(4, y + k, a, x + k, ld, n); break;
+    case 3: s_axpy_chunk(3, y + k, a, x + k, ld, n); break;
+    case 2: s_axpy_chunk(2, y + k, a, x + k, ld, n); break;
+    case 1: s_axpy_chunk(1, y + k, a, x + k, ld, n); break;
+    default: break;
+    }
+    for (k += (len - k) / 8 * 8; k < len; k++)
+        for (int j = 0; j < n; j++) y[k] += a[j] * x[j * ld + k];
 }
 
 static void s_scale(float *y, float a, int n) {
@@ -602,8 +644,8 @@ static const ms_cpu_kernels s_kernels = {
     .silu_mul = s_silu_mul,
     .rmsnorm_row = s_rmsnorm_row,
     .layernorm_row = s_layernorm_row,
-    .dot = s_dot,
-    .axpy = s_axpy,
+    .dot_rows = s_dot_rows,
+    .axpy_rows = s_axpy_rows,
     .scale = s_scale,
     .softmax_exp = s_softmax_exp,
 };

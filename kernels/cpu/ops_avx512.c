@@ -132,101 +132,187 @@ S_MMF_TILES(bf16, S_W_BF16)
 
 /* ---- Q8_0 / Q4_0 ---------------------------------------------------------------------- */
 
+/* Blocks are taken in groups of S_QG = 16: for one (row, column), each block
+ * pair is one vpdpbusd (64 weights against 64 activations, 16 int32 lanes of
+ * 4 products), a group's 8 results are reduced in int32 to one lane per block
+ * (s_qred: shuffles and adds, exact), the offset is taken off with the
+ * activation block sums (offset·Σx, from quantize_q8s), and the 16 block sums
+ * meet their scales d_x·d_w in one float FMA into that (row, column)'s 16-lane
+ * accumulator.
+ * Tiles are R rows (1-4) x 1 column: a tile reads one weight row front to back
+ * and the next tile the next row, so a task streams its weights sequentially,
+ * which the hardware prefetcher follows; a software prefetch S_QPF_BYTES ahead
+ * covers the rest (decode reads every weight once, from memory). */
+
 enum { S_W_Q8_0 = 0, S_W_Q4_0 = 1 };
 
-/* Blocks b and b+1 (or b alone, upper half zero) of a weight row as 64 unsigned
- * bytes, and their scales as [d_b x8 | d_b1 x8]. */
-AI __m512i s_wq2(int wt, const uint8_t *row, int64_t b, bool pair, __m512 *d) {
+#define S_QG        16   /* blocks per group: one int32 lane per block after the reduction */
+#define S_QR_MAX    4    /* rows per tile */
+#define S_QPF_BYTES 8192 /* software prefetch distance ahead of the weight bytes being read */
+
+/* Lane L of a reduced group holds block 4·(L mod 4) + L/4 of the group (s_qred's order). */
+static const int32_t s_qg_perm[S_QG] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
+
+/* Blocks b and b+1 of a weight row (b alone if `one`: the upper half is zero)
+ * as 64 unsigned bytes in value order: Q8_0 as w + 128, Q4_0 nibbles as stored. */
+AI __m512i s_qw(int wt, const uint8_t *row, int64_t b, bool one) {
     if (wt == S_W_Q8_0) {
         const ms_block_q8_0 *blk = (const ms_block_q8_0 *)row + b;
         const __m256i lo = _mm256_loadu_si256((const __m256i *)blk[0].qs);
-        const __m256i hi = pair ? _mm256_loadu_si256((const __m256i *)blk[1].qs) : _mm256_set1_epi8(-128);
-        *d = _mm512_insertf32x8(_mm512_set1_ps(s_fp16(blk[0].d)),
-                                _mm256_set1_ps(pair ? s_fp16(blk[1].d) : 0.0f), 1);
+        const __m256i hi = one ? _mm256_set1_epi8(-128) : _mm256_loadu_si256((const __m256i *)blk[1].qs);
         return _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1),
-                                _mm512_set1_epi8(-128)); /* w + 128 */
+                                _mm512_set1_epi8(-128));
     }
     const ms_block_q4_0 *blk = (const ms_block_q4_0 *)row + b;
-    const __m128i q0 = _mm_loadu_si128((const __m128i *)blk[0].qs);
-    const __m128i q1 = pair ? _mm_loadu_si128((const __m128i *)blk[1].qs) : _mm_setzero_si128();
-    *d = _mm512_insertf32x8(_mm512_set1_ps(s_fp16(blk[0].d)),
-                            _mm256_set1_ps(pair ? s_fp16(blk[1].d) : 0.0f), 1);
-    const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1);
-    /* [lo nibbles b | lo b1 | hi b | hi b1] -> [lo b | hi b | lo b1 | hi b1] */
-    __m512i t = _mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1);
-    t = _mm512_and_si512(t, _mm512_set1_epi8(0x0F));
-    return _mm512_shuffle_i64x2(t, t, _MM_SHUFFLE(3, 1, 2, 0));
+    /* [qs_b | qs_b | qs_b1 | qs_b1] >> [0 | 4 | 0 | 4] & 15 = [lo b | hi b | lo b1 | hi b1] */
+    __m512i t = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)blk[0].qs));
+    t = one ? _mm512_maskz_mov_epi32(0x00FF, t)
+            : _mm512_mask_broadcast_i32x4(t, 0xFF00, _mm_loadu_si128((const __m128i *)blk[1].qs));
+    t = _mm512_mask_srli_epi16(t, 0xFF00FF00u, t, 4);
+    return _mm512_and_si512(t, _mm512_set1_epi8(0x0F));
 }
 
-AI void s_mmq_tile(int R, int C, int wt, float *y, size_t ldy, const uint8_t *w, size_t wrb,
-                   const int8_t *x, size_t xrb, const float *xd, size_t ldxd, int64_t nb) {
-    __m512 acc[8][4];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
-    const __m512i off = _mm512_set1_epi8(wt == S_W_Q8_0 ? -128 : 8); /* as u8: 128 or 8 */
+/* Eight vectors of block-pair partial sums (v[p]: lanes 0-7 block 2p, lanes
+ * 8-15 block 2p+1) -> one vector of the 16 block sums, lane L = block
+ * s_qg_perm[L]. Integer adds are exact: the tree's order never shows. */
+AI __m512i s_qred1(__m512i a, __m512i b) { /* 128-bit lane i: 4 partials of block i */
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                            _mm512_shuffle_i32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+AI __m512i s_qred2(__m512i a, __m512i b) { /* 2 partials each of a's and b's block */
+    return _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+}
+AI __m512i s_qred3(__m512i a, __m512i b) { /* one sum each of 4 blocks */
+    const __m512 fa = _mm512_castsi512_ps(a), fb = _mm512_castsi512_ps(b);
+    return _mm512_add_epi32(_mm512_castps_si512(_mm512_shuffle_ps(fa, fb, _MM_SHUFFLE(2, 0, 2, 0))),
+                            _mm512_castps_si512(_mm512_shuffle_ps(fa, fb, _MM_SHUFFLE(3, 1, 3, 1))));
+}
+AI __m512i s_qred(const __m512i v[S_QG / 2]) {
+    return s_qred3(s_qred2(s_qred1(v[0], v[1]), s_qred1(v[2], v[3])),
+                   s_qred2(s_qred1(v[4], v[5]), s_qred1(v[6], v[7])));
+}
+
+/* One group of S_QG blocks (nbt of them when `tail`) from block g, R rows x 1
+ * column: acc[r] += (Σ_block int32 dot − offset·Σx) · d_x·d_w, lane = block. */
+AI void s_mmq_group(int R, int wt, bool tail, int nbt, __m512 acc[S_QR_MAX], const uint8_t *w,
+                    const ms_cpu_act *a, int64_t g) {
+    const size_t bsz = wt == S_W_Q8_0 ? sizeof(ms_block_q8_0) : sizeof(ms_block_q4_0);
+    const int shift = wt == S_W_Q8_0 ? 7 : 3;        /* offset 128 or 8 */
+    const int np = tail ? (nbt + 1) / 2 : S_QG / 2;  /* block pairs present */
+    const bool odd = tail && (nbt & 1);              /* the last pair has one block */
     const __m512i zero = _mm512_setzero_si512();
-    for (int64_t b = 0; b < nb; b += 2) {
-        const bool pair = b + 1 < nb;
-        const __mmask64 xm = pair ? ~(__mmask64)0 : (__mmask64)0xFFFFFFFFu;
-        __m512i wu[4];
-        __m512 dw[4];
-#pragma GCC unroll 4
-        for (int c = 0; c < C; c++) wu[c] = s_wq2(wt, w + c * wrb, b, pair, &dw[c]);
+    const __m512i perm = _mm512_loadu_si512(s_qg_perm);
+    const __mmask16 bm = tail ? (__mmask16)((1u << nbt) - 1) : (__mmask16)0xFFFF; /* blocks, in order */
+
+    const uint8_t *wg = w + g * bsz;
+    __m512i wu[S_QG / 2];
 #pragma GCC unroll 8
-        for (int r = 0; r < R; r++) {
-            const __m512i xv = _mm512_maskz_loadu_epi8(xm, x + r * xrb + b * MS_CPU_QK);
-            const __m512i negc = _mm512_dpbusd_epi32(zero, off, _mm512_sub_epi8(zero, xv));
-            const float *dxp = xd + r * ldxd + b;
-            const __m512 dx = _mm512_insertf32x8(_mm512_set1_ps(dxp[0]), _mm256_set1_ps(pair ? dxp[1] : 0.0f), 1);
+    for (int p = 0; p < S_QG / 2; p++) {
+        /* one prefetch per 64 bytes of the group (544 or 288), spread over the pairs */
+        if ((size_t)p * 64 < S_QG * bsz) _mm_prefetch((const char *)wg + S_QPF_BYTES + 64 * p, _MM_HINT_T0);
+        if (p == 0 && S_QG * bsz > 512) _mm_prefetch((const char *)wg + S_QPF_BYTES + 512, _MM_HINT_T0);
+        wu[p] = p < np ? s_qw(wt, w, g + 2 * p, odd && p == np - 1) : zero;
+    }
+    /* the 16 fp16 scales in lane order, four to a 64-bit word (cheaper than a gather here) */
+    uint64_t dq[4];
 #pragma GCC unroll 4
-            for (int c = 0; c < C; c++) {
-                const __m512i p = _mm512_dpbusd_epi32(negc, wu[c], xv);
-                acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(dx, dw[c]), acc[r][c]);
-            }
+    for (int i = 0; i < 4; i++) {
+        dq[i] = 0;
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) { /* lane 4i + k = block 4k + i */
+            const int b = 4 * k + i;
+            uint16_t h = 0;
+            if (!tail || b < nbt) memcpy(&h, wg + b * bsz, sizeof h);
+            dq[i] |= (uint64_t)h << (16 * k);
         }
     }
-#pragma GCC unroll 8
-    for (int r = 0; r < R; r++)
+    const __m512 dw = _mm512_cvtph_ps(_mm256_setr_epi64x((long long)dq[0], (long long)dq[1],
+                                                         (long long)dq[2], (long long)dq[3]));
 #pragma GCC unroll 4
-        for (int c = 0; c < C; c++) y[r * ldy + c] = s_hsum16(acc[r][c]);
+    for (int r = 0; r < R; r++) {
+        const int8_t *xr = (const int8_t *)a->x + r * a->row_bytes + g * MS_CPU_QK;
+        __m512i v[S_QG / 2];
+#pragma GCC unroll 8
+        for (int p = 0; p < S_QG / 2; p++) {
+            if (p >= np) {
+                v[p] = zero;
+                continue;
+            }
+            const __m512i xv = odd && p == np - 1 ? _mm512_maskz_loadu_epi8(0xFFFFFFFFu, xr + 64 * p)
+                                                  : _mm512_loadu_si512(xr + 64 * p);
+            v[p] = _mm512_dpbusd_epi32(zero, wu[p], xv);
+        }
+        const int16_t *sr = a->bsums + r * a->ld_bsums + g;
+        const float *dr = a->d + r * a->ld_d + g;
+        const __m512i xs = _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(bm, sr));
+        const __m512i corr = _mm512_slli_epi32(_mm512_permutexvar_epi32(perm, xs), shift);
+        const __m512 dx = _mm512_permutexvar_ps(perm, _mm512_maskz_loadu_ps(bm, dr));
+        const __m512i s = _mm512_sub_epi32(s_qred(v), corr);
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, dx), acc[r]);
+    }
 }
 
-#define S_MMQ_TILE(T, WT, R, C)                                                                   \
-    static void s_mmq_##T##_##R##x##C(float *y, size_t ldy, const uint8_t *w, size_t wrb,         \
-                                      const ms_cpu_act *a, int r, int64_t nb) {                   \
-        s_mmq_tile(R, C, WT, y, ldy, w, wrb, (const int8_t *)a->x + r * a->row_bytes,             \
-                   a->row_bytes, a->d + r * a->ld_d, a->ld_d, nb);                                \
+/* y[r·ldy] for R rows and the column whose weight row is w, over nb blocks:
+ * one 16-lane accumulator per row, updated group by group in k order and
+ * reduced once by s_hsum16 — the same operations whatever R. */
+AI void s_mmq_tile(int R, int wt, float *y, size_t ldy, const uint8_t *w, const ms_cpu_act *a, int64_t nb) {
+    __m512 acc[S_QR_MAX];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    const int64_t nbf = nb / S_QG * S_QG;
+    for (int64_t g = 0; g < nbf; g += S_QG) s_mmq_group(R, wt, false, S_QG, acc, w, a, g);
+    if (nbf < nb) s_mmq_group(R, wt, true, (int)(nb - nbf), acc, w, a, nbf);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) y[r * ldy] = s_hsum16(acc[r]);
+}
+
+#define S_MMQ_TILE(T, WT, R)                                                                      \
+    static void s_mmq_##T##_##R(float *y, size_t ldy, const uint8_t *w, size_t wrb, int nc,       \
+                                const ms_cpu_act *a, int64_t nb) {                                \
+        for (int c = 0; c < nc; c++) s_mmq_tile(R, WT, y + c, ldy, w + c * wrb, a, nb);          \
     }
 
-/* Tile shapes: 4 rows x 4 columns for batches, 1 x 4 for single rows. */
+/* Rows in tiles of 4, the 1-3 left over in one more; each tile walks the columns in order. */
 #define S_MMQ_TILES(T, WT)                                                                        \
-    S_MMQ_TILE(T, WT, 4, 4)                                                                       \
-    S_MMQ_TILE(T, WT, 4, 1)                                                                       \
-    S_MMQ_TILE(T, WT, 1, 4)                                                                       \
-    S_MMQ_TILE(T, WT, 1, 1)                                                                       \
+    S_MMQ_TILE(T, WT, 1)                                                                          \
+    S_MMQ_TILE(T, WT, 2)                                                                          \
+    S_MMQ_TILE(T, WT, 3)                                                                          \
+    S_MMQ_TILE(T, WT, 4)                                                                          \
     static void s_mm_##T(float *y, size_t ldy, const void *w, size_t wrb, int nc,                 \
                          const ms_cpu_act *a, int nr, int64_t K) {                                \
-        const uint8_t *wb = w;                                                                    \
-        const int64_t nb = K / MS_CPU_QK;                                                         \
-        int r = 0;                                                                                \
-        for (; r + 4 <= nr; r += 4) {                                                             \
-            int c = 0;                                                                            \
-            for (; c + 4 <= nc; c += 4)                                                           \
-                s_mmq_##T##_4x4(y + r * ldy + c, ldy, wb + c * wrb, wrb, a, r, nb);               \
-            for (; c < nc; c++) s_mmq_##T##_4x1(y + r * ldy + c, ldy, wb + c * wrb, wrb, a, r, nb); \
-        }                                                                                         \
-        for (; r < nr; r++) {                                                                     \
-            int c = 0;                                                                            \
-            for (; c + 4 <= nc; c += 4)                                                           \
-                s_mmq_##T##_1x4(y + r * ldy + c, ldy, wb + c * wrb, wrb, a, r, nb);               \
-            for (; c < nc; c++) s_mmq_##T##_1x1(y + r * ldy + c, ldy, wb + c * wrb, wrb, a, r, nb); \
+        static void (*const tile[S_QR_MAX + 1])(float *, size_t, const uint8_t *, size_t, int,    \
+                                                const ms_cpu_act *, int64_t) = {                  \
+            NULL, s_mmq_##T##_1, s_mmq_##T##_2, s_mmq_##T##_3, s_mmq_##T##_4};                    \
+        for (int r = 0; r < nr; r += S_QR_MAX) {                                                  \
+            ms_cpu_act ar = *a;                                                                   \
+            ar.x = (const int8_t *)a->x + r * a->row_bytes;                                       \
+            ar.d = a->d + r * a->ld_d;                                                            \
+            ar.bsums = a->bsums + r * a->ld_bsums;                                                \
+            tile[nr - r < S_QR_MAX ? nr - r : S_QR_MAX](y + r * ldy, ldy, w, wrb, nc, &ar,        \
+                                                        K / MS_CPU_QK);                           \
         }                                                                                         \
     }
 
 S_MMQ_TILES(q8_0, S_W_Q8_0)
 S_MMQ_TILES(q4_0, S_W_Q4_0)
+
+/* As the AVX2 quantize_q8 (same values: d = amax/127, q = round-half-even(x/d)),
+ * plus bsums[b] = Σ of block b's 32 qs, which the Q8_0/Q4_0 kernels need. */
+static void s_quantize_q8s(const float *x, int8_t *qs, float *d, int16_t *bsums, int64_t K) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    for (int64_t b = 0; b < K / MS_CPU_QK; b++) {
+        const __m512 x0 = _mm512_loadu_ps(x + b * MS_CPU_QK), x1 = _mm512_loadu_ps(x + b * MS_CPU_QK + 16);
+        const float db = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, x0),
+                                                            _mm512_andnot_ps(sign, x1))) / 127.0f;
+        const __m512 id = _mm512_set1_ps(db != 0.0f ? 1.0f / db : 0.0f);
+        d[b] = db;
+        const __m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, id));
+        const __m512i i1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, id));
+        _mm_storeu_si128((__m128i *)(qs + b * MS_CPU_QK), _mm512_cvtsepi32_epi8(i0));
+        _mm_storeu_si128((__m128i *)(qs + b * MS_CPU_QK + 16), _mm512_cvtsepi32_epi8(i1));
+        bsums[b] = (int16_t)_mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+    }
+}
 
 /* ---- Q4_K ---------------------------------------------------------------------------- */
 
@@ -364,6 +450,7 @@ static void s_init(void) {
     s_kernels.mm_q4_0 = s_mm_q4_0;
     s_kernels.mm_q4_K = s_mm_q4_K;
     s_kernels.quantize_q8k = s_quantize_q8k;
+    s_kernels.quantize_q8s = s_quantize_q8s;
 }
 
 const ms_cpu_kernels *ms_cpu_kernels_avx512(void) {

@@ -29,7 +29,8 @@
 
 /* Activation rows as a matmul kernel reads them. Float weight types (F32, F16,
  * BF16) read f32 rows. Q8_0/Q4_0 read rows quantized by quantize_q8 (K int8,
- * K/32 scales in d). Q4_K reads rows quantized by quantize_q8k (K int8, K/256
+ * K/32 scales in d), or by quantize_q8s where the set has it (the same, plus
+ * K/32 block sums in bsums). Q4_K reads rows quantized by quantize_q8k (K int8, K/256
  * scales in d, K/32 block sums in bsums). Row r starts at x + r*row_bytes,
  * d + r*ld_d, bsums + r*ld_bsums. */
 typedef struct ms_cpu_act {
@@ -54,6 +55,10 @@ typedef struct ms_cpu_kernels {
     /* Activation row (K % 32 == 0) -> K int8 qs and K/32 scales d, symmetric
      * per block: d = amax/127, q = round-half-even(x/d). */
     void (*quantize_q8)(const float *x, int8_t *qs, float *d, int64_t K);
+    /* As quantize_q8, plus bsums[b] = the sum of block b's 32 qs (K/32 entries).
+     * Where set (AVX-512), mm_q8_0/mm_q4_0 read these sums through act->bsums;
+     * NULL where they do not (act->bsums is then NULL). */
+    void (*quantize_q8s)(const float *x, int8_t *qs, float *d, int16_t *bsums, int64_t K);
     /* Activation row (K % 256 == 0) -> K int8 qs, K/256 scales d (as above, per
      * 256 values) and K/32 sums of 32 consecutive qs in bsums. */
     void (*quantize_q8k)(const float *x, int8_t *qs, float *d, int16_t *bsums, int64_t K);
@@ -69,9 +74,10 @@ typedef struct ms_cpu_kernels {
     void (*layernorm_row)(float *y, const float *x, const float *w, const float *b, int dim,
                           float eps);
 
-    /* Attention helpers. */
-    float (*dot)(const float *a, const float *b, int n);
-    void (*axpy)(float *y, float a, const float *x, int n);   /* y += a*x */
+    /* Attention helpers. Rows j < n of x start at x + j*ld (floats); each row
+     * meets the same operations whatever n (the determinism contract). */
+    void (*dot_rows)(float *s, const float *q, const float *x, size_t ld, int n, int len); /* s[j] = q·x_j */
+    void (*axpy_rows)(float *y, const float *a, const float *x, size_t ld, int n, int len); /* y += a[j]·x_j, j in order */
     void (*scale)(float *y, float a, int n);                   /* y *= a */
     float (*softmax_exp)(float *s, int n, float max);          /* s = exp(s-max); returns sum */
 } ms_cpu_kernels;

@@ -207,6 +207,14 @@ static void s_axpy(float *y, float a, const float *x, int n) {
     for (int i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+static void s_dot_rows(float *s, const float *q, const float *x, size_t ld, int n, int len) {
+    for (int j = 0; j < n; j++) s[j] = s_dot(q, x + (size_t)j * ld, len);
+}
+
+static void s_axpy_rows(float *y, const float *a, const float *x, size_t ld, int n, int len) {
+    for (int j = 0; j < n; j++) s_axpy(y, a[j], x + (size_t)j * ld, len);
+}
+
 static void s_scale(float *y, float a, int n) {
     for (int i = 0; i < n; i++) y[i] *= a;
 }
@@ -236,8 +244,8 @@ static const ms_cpu_kernels s_kernels = {
     .silu_mul = s_silu_mul,
     .rmsnorm_row = s_rmsnorm_row,
     .layernorm_row = s_layernorm_row,
-    .dot = s_dot,
-    .axpy = s_axpy,
+    .dot_rows = s_dot_rows,
+    .axpy_rows = s_axpy_rows,
     .scale = s_scale,
     .softmax_exp = s_softmax_exp,
 };
