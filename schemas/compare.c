@@ -23,8 +23,8 @@ static bool s_known_layout(const char *s) {
 
 /* ---- parsing ------------------------------------------------------------------------ */
 
-int ms_compare_parse_layouts(const char *s, char (*names)[MS_CLUSTER_NAME_MAX], int max,
-                             char *err, size_t err_size) {
+int ms_compare_parse_layouts(const char *s, char (*names)[MS_CLUSTER_NAME_MAX], int max, char *err,
+                             size_t err_size) {
     if (!s || !*s) return ms_errf(err, err_size, "no layouts given (e.g. modserve,monolith)");
     int n = 0;
     const char *p = s;
@@ -139,8 +139,7 @@ int ms_compare_split_cores(const char *layout, int cores, int encoders, const do
                        enc_min + n_rest,
                        disagg ? (has_images ? "an encoder, a prefill and a decode actor"
                                             : "a prefill and a decode actor")
-                              : (has_images ? "an encoder and a text instance"
-                                            : "a text instance"),
+                              : (has_images ? "an encoder and a text instance" : "a text instance"),
                        cores);
     int enc;
     if (encoders >= 0) {
@@ -361,11 +360,13 @@ static bool s_stopped(const ms_compare_opts *o) {
 
 /* A free port base from the option or a pid-derived start. */
 static int s_port_base(const ms_compare_opts *o, char *err, size_t err_size) {
-    const int start = o->port_base > 0 ? o->port_base
-                                       : MS_COMPARE_PORT_START + (int)(getpid() % MS_COMPARE_PORT_SLOTS) *
-                                                                     MS_CLUSTER_PORT_SPAN;
+    const int start = o->port_base > 0
+                          ? o->port_base
+                          : MS_COMPARE_PORT_START +
+                                (int)(getpid() % MS_COMPARE_PORT_SLOTS) * MS_CLUSTER_PORT_SPAN;
     int base = ms_cluster_find_port_base(start, err, err_size);
-    if (base < 0 && o->port_base <= 0) base = ms_cluster_find_port_base(MS_COMPARE_PORT_START, err, err_size);
+    if (base < 0 && o->port_base <= 0)
+        base = ms_cluster_find_port_base(MS_COMPARE_PORT_START, err, err_size);
     return base;
 }
 
@@ -665,8 +666,9 @@ static void s_print_ratio(FILE *f, const ms_compare_cell *a, const ms_compare_ce
 
 void ms_compare_print(FILE *f, const ms_compare_result *r) {
     const ms_compare_slo *s = &r->slo;
-    fprintf(f, "\n== modserve bench --compare: %d cores per layout (one actor per core, %d thread "
-               "each) ==\n",
+    fprintf(f,
+            "\n== modserve bench --compare: %d cores per layout (one actor per core, %d thread "
+            "each) ==\n",
             r->cores, MS_COMPARE_THREADS);
     fprintf(f, "SLO: TTFT %.0f ms, TBT %.0f ms", s->ttft_ms, s->tbt_ms);
     if (s->derived)
@@ -686,8 +688,8 @@ void ms_compare_print(FILE *f, const ms_compare_result *r) {
         fprintf(f, "  %-10s %s\n", r->cells[i].layout, desc);
     }
     fprintf(f, "\n%-6s %-19s %7s %7s %7s %8s %8s %8s %7s %7s %8s %8s %9s %5s\n", "rate", "layout",
-            "SLO att", "text", "image", "goodput", "thruput", "P99TTFT", "text", "image",
-            "P99TPOT", "inst-s", "s/1k good", "load");
+            "SLO att", "text", "image", "goodput", "thruput", "P99TTFT", "text", "image", "P99TPOT",
+            "inst-s", "s/1k good", "load");
     fprintf(f, "%-6s %-19s %7s %7s %7s %8s %8s %8s %7s %7s %8s %8s %9s %5s\n", "", "", "all", "",
             "", "req/s", "req/s", "all ms", "ms", "ms", "ms", "", "", "");
     for (int i = 0; i < r->n_cells; i++) {
@@ -731,7 +733,8 @@ void ms_compare_print(FILE *f, const ms_compare_result *r) {
         fprintf(f, ";");
     }
     fprintf(f, "\n");
-    if (r->interrupted) fprintf(f, "(interrupted: the runs after the last one shown did not run)\n");
+    if (r->interrupted)
+        fprintf(f, "(interrupted: the runs after the last one shown did not run)\n");
     fflush(f);
 }
 
@@ -898,7 +901,7 @@ int ms_compare_write_json(const char *path, const ms_compare_result *r, const ch
 
 #define S_W        1000 /* picture, px */
 #define S_H        780
-#define S_LEFT     80  /* plot areas */
+#define S_LEFT     80 /* plot areas */
 #define S_RIGHT    810
 #define S_TTFT_TOP 60
 #define S_TTFT_BOT 370
@@ -907,9 +910,9 @@ int ms_compare_write_json(const char *path, const ms_compare_result *r, const ch
 #define S_MID_GAP  60 /* between the two lower panels */
 
 typedef struct s_box {
-    double l, r, t, b;  /* pixels */
-    double x0, x1;      /* data range on x */
-    double y0, y1;      /* data range on y (log10 of it when logy) */
+    double l, r, t, b; /* pixels */
+    double x0, x1;     /* data range on x */
+    double y0, y1;     /* data range on y (log10 of it when logy) */
     bool logy;
 } s_box;
 
@@ -1025,8 +1028,8 @@ static void s_rate_panel(FILE *f, const ms_compare_result *r, const s_box *a, co
     }
 }
 
-int ms_compare_write_svg(const char *path, const char *title, const ms_compare_result *r,
-                         char *err, size_t err_size) {
+int ms_compare_write_svg(const char *path, const char *title, const ms_compare_result *r, char *err,
+                         size_t err_size) {
     FILE *f = fopen(path, "w");
     if (!f) return ms_errf(err, err_size, "%s: cannot create: %s", path, strerror(errno));
     double tmax = 1, ymin = INFINITY, ymax = 0, gmax = 0;
@@ -1048,29 +1051,32 @@ int ms_compare_write_svg(const char *path, const char *title, const ms_compare_r
     if (!(ymax > 0)) ymin = 1, ymax = 10;
     ymin = MS_MIN(ymin, r->slo.ttft_ms);
     ymax = MS_MAX(ymax, r->slo.ttft_ms);
-    const s_box ttft = {S_LEFT,     S_RIGHT, S_TTFT_TOP, S_TTFT_BOT, 0, tmax, floor(log10(ymin)),
-                        ceil(log10(ymax) + 1e-9), true};
+    const s_box ttft = {S_LEFT, S_RIGHT, S_TTFT_TOP,         S_TTFT_BOT,
+                        0,      tmax,    floor(log10(ymin)), ceil(log10(ymax) + 1e-9),
+                        true};
     const double mid = (S_LEFT + S_RIGHT) / 2.0;
     const double xr0 = -0.5, xr1 = MS_MAX(n_rates, 1) - 0.5;
     /* attainment from a round 10 % below the lowest (differences near 100 % stay visible) */
     double amin = 100;
     for (int i = 0; i < r->n_cells; i++)
-        if (r->cells[i].ran) amin = MS_MIN(amin, 100 * r->cells[i].sum.g[MS_REPORT_ALL].slo_attainment);
+        if (r->cells[i].ran)
+            amin = MS_MIN(amin, 100 * r->cells[i].sum.g[MS_REPORT_ALL].slo_attainment);
     const double a0 = MS_MAX(0.0, floor((amin - 5) / 10) * 10);
     const s_box att = {S_LEFT, mid - S_MID_GAP / 2.0, S_RATE_TOP, S_RATE_BOT, xr0, xr1, a0, 100,
                        false};
-    const double gtop = gmax > 0 ? ceil(gmax * 1.15 / s_nice(gmax * 1.15, 5)) * s_nice(gmax * 1.15, 5)
-                                 : 1;
-    const s_box good = {mid + S_MID_GAP / 2.0, S_RIGHT, S_RATE_TOP, S_RATE_BOT, xr0, xr1, 0, gtop,
-                        false};
+    const double gtop =
+        gmax > 0 ? ceil(gmax * 1.15 / s_nice(gmax * 1.15, 5)) * s_nice(gmax * 1.15, 5) : 1;
+    const s_box good = {
+        mid + S_MID_GAP / 2.0, S_RIGHT, S_RATE_TOP, S_RATE_BOT, xr0, xr1, 0, gtop, false};
     fprintf(f,
             "<svg xmlns='http://www.w3.org/2000/svg' width='%d' height='%d' "
             "font-family='sans-serif'>\n<rect width='100%%' height='100%%' fill='white'/>\n",
             S_W, S_H);
     fputs("<text x='80' y='22' font-size='14' font-weight='bold'>", f);
     s_svg_text(f, title);
-    fprintf(f, "</text>\n<text x='80' y='40' font-size='12'>%d cores per layout; SLO TTFT %.0f ms, "
-               "TBT %.0f ms%s</text>\n",
+    fprintf(f,
+            "</text>\n<text x='80' y='40' font-size='12'>%d cores per layout; SLO TTFT %.0f ms, "
+            "TBT %.0f ms%s</text>\n",
             r->cores, r->slo.ttft_ms, r->slo.tbt_ms,
             r->slo.derived ? " (derived from isolated requests on the monolith)" : "");
     s_frame(f, &ttft, "P99 TTFT per second (ms, log)", "replay time (s)");
@@ -1086,8 +1092,9 @@ int ms_compare_write_svg(const char *path, const char *title, const ms_compare_r
         const ms_compare_cell *c = &r->cells[i];
         if (!c->ran || c->n_bins == 0) continue;
         const int ri = s_rate_index(c->rate, rates, &n_rates);
-        fprintf(f, "<polyline fill='none' stroke='%s' stroke-width='1.4' stroke-opacity='0.85'%s "
-                   "points='",
+        fprintf(f,
+                "<polyline fill='none' stroke='%s' stroke-width='1.4' stroke-opacity='0.85'%s "
+                "points='",
                 s_color(c), s_dashes[ri % (int)MS_ARRAY_LEN(s_dashes)]);
         for (int b = 0; b < c->n_bins; b++)
             if (c->bins[b].n_lat > 0)

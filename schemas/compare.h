@@ -40,33 +40,33 @@
 #include "cluster.h"
 #include "report.h"
 
-#define MS_COMPARE_MAX_LAYOUTS    3    /* layouts in one comparison (modserve, monolith, disagg) */
-#define MS_COMPARE_MAX_RATES      8    /* rate multipliers in one sweep */
-#define MS_COMPARE_MAX_CELLS      (MS_COMPARE_MAX_RATES * (MS_COMPARE_MAX_LAYOUTS + 1))
-#define MS_COMPARE_MAX_POOLS      3    /* actor groups of one layout */
-#define MS_COMPARE_MAX_CORES      64   /* cores (= actors) per layout */
-#define MS_COMPARE_THREADS        1    /* compute threads per actor */
-#define MS_COMPARE_ATTAINMENT     0.99 /* SLO attainment a rate must reach to count as "at SLO" */
-#define MS_COMPARE_SLO_FACTOR     5.0  /* SLO = isolated latency on the monolith × this */
-#define MS_COMPARE_CALIB_REQUESTS 20   /* isolated requests measured to derive the SLOs */
-#define MS_COMPARE_KV_TOKENS      16384 /* KV capacity of every text-capable actor, tokens */
-#define MS_COMPARE_VIT_BATCH      4    /* images per ViT pass (as the shipped cluster files) */
-#define MS_COMPARE_UP_TIMEOUT_MS  120000 /* every actor registered within this */
-#define MS_COMPARE_DRAIN_MS       10000  /* actors drain this long at the end of a run */
-#define MS_COMPARE_CALIB_TTFT_MS  120000 /* SLOs sent with the isolated requests (not judged) */
-#define MS_COMPARE_CALIB_TBT_MS   10000
-#define MS_COMPARE_TBT_FALLBACK_MS 200 /* TBT target when no isolated request had a TPOT */
-#define MS_COMPARE_PORT_START     10000 /* port bases tried from here (+ a pid-derived offset) */
-#define MS_COMPARE_PORT_SLOTS     2000
-#define MS_COMPARE_LABEL_MAX      64  /* bytes of a run label ("monolith-x2"), with the NUL */
-#define MS_COMPARE_ERROR_MAX      256 /* bytes of a run's error message kept, with the NUL */
+#define MS_COMPARE_MAX_LAYOUTS     3 /* layouts in one comparison (modserve, monolith, disagg) */
+#define MS_COMPARE_MAX_RATES       8 /* rate multipliers in one sweep */
+#define MS_COMPARE_MAX_CELLS       (MS_COMPARE_MAX_RATES * (MS_COMPARE_MAX_LAYOUTS + 1))
+#define MS_COMPARE_MAX_POOLS       3     /* actor groups of one layout */
+#define MS_COMPARE_MAX_CORES       64    /* cores (= actors) per layout */
+#define MS_COMPARE_THREADS         1     /* compute threads per actor */
+#define MS_COMPARE_ATTAINMENT      0.99  /* SLO attainment a rate must reach to count as "at SLO" */
+#define MS_COMPARE_SLO_FACTOR      5.0   /* SLO = isolated latency on the monolith × this */
+#define MS_COMPARE_CALIB_REQUESTS  20    /* isolated requests measured to derive the SLOs */
+#define MS_COMPARE_KV_TOKENS       16384 /* KV capacity of every text-capable actor, tokens */
+#define MS_COMPARE_VIT_BATCH       4     /* images per ViT pass (as the shipped cluster files) */
+#define MS_COMPARE_UP_TIMEOUT_MS   120000 /* every actor registered within this */
+#define MS_COMPARE_DRAIN_MS        10000  /* actors drain this long at the end of a run */
+#define MS_COMPARE_CALIB_TTFT_MS   120000 /* SLOs sent with the isolated requests (not judged) */
+#define MS_COMPARE_CALIB_TBT_MS    10000
+#define MS_COMPARE_TBT_FALLBACK_MS 200   /* TBT target when no isolated request had a TPOT */
+#define MS_COMPARE_PORT_START      10000 /* port bases tried from here (+ a pid-derived offset) */
+#define MS_COMPARE_PORT_SLOTS      2000
+#define MS_COMPARE_LABEL_MAX       64  /* bytes of a run label ("monolith-x2"), with the NUL */
+#define MS_COMPARE_ERROR_MAX       256 /* bytes of a run's error message kept, with the NUL */
 
 /* ---- parsing the options -------------------------------------------------------- */
 
 /* "modserve,monolith" → names[0..n) (each one of modserve, monolith, disagg,
  * no repeats, at most max). Returns n >= 1, or -1 + err. */
-int ms_compare_parse_layouts(const char *s, char (*names)[MS_CLUSTER_NAME_MAX], int max,
-                             char *err, size_t err_size);
+int ms_compare_parse_layouts(const char *s, char (*names)[MS_CLUSTER_NAME_MAX], int max, char *err,
+                             size_t err_size);
 /* "1,2,4" → rates[0..n) (each > 0, finite, strictly increasing, at most max).
  * Returns n >= 1, or -1 + err. */
 int ms_compare_parse_rates(const char *s, double *rates, int max, char *err, size_t err_size);
@@ -82,8 +82,8 @@ typedef struct ms_compare_pool {
 } ms_compare_pool;
 
 typedef struct ms_compare_split {
-    int cores;     /* actors × threads over all pools */
-    int n_pools;   /* pools in use */
+    int cores;   /* actors × threads over all pools */
+    int n_pools; /* pools in use */
     ms_compare_pool pools[MS_COMPARE_MAX_POOLS];
 } ms_compare_split;
 
@@ -93,15 +93,15 @@ enum { MS_COMPARE_ENCODE = 0, MS_COMPARE_PREFILL = 1, MS_COMPARE_DECODE = 2 };
 /* How `layout` (modserve | monolith | disagg) spends `cores` cores (one
  * actor per core, MS_COMPARE_THREADS thread each). need[encode, prefill,
  * decode] is the slice's work per stage in any common unit (instance-seconds,
- * load ÷ capacity); all <= 0 = unknown. has_images: the slice has image
- * requests (else a modserve/disagg layout gets no encoder). encoders >= 0
+ * load ÷ capacity); NULL or all <= 0 = unknown. has_images: the slice has
+ * image requests (else modserve/disagg get no encoder unless asked). encoders >= 0
  * fixes the encoder count of modserve/disagg (ignored by the monolith);
  * < 0 = from need.
  * Rule (largest remainder): each pool of the layout that has load gets one
  * core, the rest go in proportion to the pools' needs (modserve: encode vs
- * prefill + decode; disagg: encode, prefill, decode); unknown need = an even
- * split. 0, or -1 + err (unknown layout, cores out of 1..MS_COMPARE_MAX_CORES,
- * fewer cores than pools that need one, encoders out of range). */
+ * prefill + decode; disagg: encode, prefill, decode; ties go to the later,
+ * text-side pool); unknown need = an even split. 0, or -1 + err (unknown layout, cores out
+ * of 1..MS_COMPARE_MAX_CORES, fewer cores than pools that need one, encoders out of range). */
 int ms_compare_split_cores(const char *layout, int cores, int encoders, const double need[3],
                            bool has_images, ms_compare_split *out, char *err, size_t err_size);
 
@@ -192,43 +192,43 @@ void ms_compare_ratios_of(const ms_compare_cell *a, const ms_compare_cell *b,
 
 /* What the replay callback is asked to do. */
 typedef struct ms_compare_replay {
-    const char *rundir; /* the cluster to replay against (a `modserve up` run directory) */
-    const char *out;    /* its report directory */
-    const char *label;  /* the run's label, for messages */
-    double rate;        /* multiplier on the caller's schedule */
+    const char *rundir;     /* the cluster to replay against (a `modserve up` run directory) */
+    const char *out;        /* its report directory */
+    const char *label;      /* the run's label, for messages */
+    double rate;            /* multiplier on the caller's schedule */
     double ttft_ms, tbt_ms; /* SLO targets to send and judge against */
-    int concurrency;    /* > 0: requests in flight at most (calibration: 1) */
-    int sample;         /* > 0: only this many requests spread evenly over the slice, all
-                           scheduled at once (calibration); 0: the whole slice */
+    int concurrency;        /* > 0: requests in flight at most (calibration: 1) */
+    int sample;             /* > 0: only this many requests spread evenly over the slice, all
+                               scheduled at once (calibration); 0: the whole slice */
 } ms_compare_replay;
 
 /* Replays against spec->rundir and fills cell->sum, cell->bins / n_bins /
  * bin_s (ownership of bins passes to the cell). 0 when a summary was made
  * (requests that failed are part of it), -1 + err when the replay could not
  * run at all. */
-typedef int (*ms_compare_replay_fn)(void *ud, const ms_compare_replay *spec,
-                                    ms_compare_cell *cell, char *err, size_t err_size);
+typedef int (*ms_compare_replay_fn)(void *ud, const ms_compare_replay *spec, ms_compare_cell *cell,
+                                    char *err, size_t err_size);
 
 typedef struct ms_compare_opts {
     char layouts[MS_COMPARE_MAX_LAYOUTS][MS_CLUSTER_NAME_MAX]; /* in run order */
     int n_layouts;
     double rates[MS_COMPARE_MAX_RATES]; /* increasing */
     int n_rates;
-    int cores;          /* budget per layout (1..MS_COMPARE_MAX_CORES) */
-    int encoders;       /* < 0: from need */
-    double need[3];     /* the slice's work per stage (see ms_compare_split_cores) */
-    bool has_images;    /* the slice has image requests */
-    const char *lm, *mmproj; /* model files (mmproj "" or NULL: text only) */
-    const char *profile;     /* broker profile for every cluster ("" or NULL: none) */
-    const char *bin_dir;     /* where modserve-broker, modserve-actor (and -autoscaler) are */
-    const char *out;         /* output directory (runs/ and each run's reports in it) */
-    int kv_tokens, vit_batch; /* per actor (0: engine default) */
-    double ttft_ms, tbt_ms;   /* > 0: given targets; 0: derive that one */
-    double slo_factor;        /* for derived targets */
-    int calib_requests;       /* isolated requests for the derivation */
-    bool autoscale;           /* also run modserve with the autoscaler, per rate */
-    const char *autoscale_args; /* extra modserve-autoscaler arguments (split at spaces) */
-    int port_base;              /* > 0: first port base tried; else pid-derived */
+    int cores;                   /* budget per layout (1..MS_COMPARE_MAX_CORES) */
+    int encoders;                /* < 0: from need */
+    double need[3];              /* the slice's work per stage (see ms_compare_split_cores) */
+    bool has_images;             /* the slice has image requests */
+    const char *lm, *mmproj;     /* model files (mmproj "" or NULL: text only) */
+    const char *profile;         /* broker profile for every cluster ("" or NULL: none) */
+    const char *bin_dir;         /* where modserve-broker, modserve-actor (and -autoscaler) are */
+    const char *out;             /* output directory (runs/ and each run's reports in it) */
+    int kv_tokens, vit_batch;    /* per actor (0: engine default) */
+    double ttft_ms, tbt_ms;      /* > 0: given targets; 0: derive that one */
+    double slo_factor;           /* for derived targets */
+    int calib_requests;          /* isolated requests for the derivation */
+    bool autoscale;              /* also run modserve with the autoscaler, per rate */
+    const char *autoscale_args;  /* extra modserve-autoscaler arguments (split at spaces) */
+    int port_base;               /* > 0: first port base tried; else pid-derived */
     volatile sig_atomic_t *stop; /* may be NULL; non-zero: stop after the current run */
     FILE *log;                   /* progress messages (NULL: none) */
 } ms_compare_opts;
@@ -266,7 +266,7 @@ int ms_compare_write_json(const char *path, const ms_compare_result *r, const ch
 /* compare.svg: three panels — P99 TTFT per timeline bin over replay time for
  * every run (one colour per layout, one dash per rate), SLO attainment by rate
  * per layout, goodput by rate per layout — and a title. 0, or -1 + err. */
-int ms_compare_write_svg(const char *path, const char *title, const ms_compare_result *r,
-                         char *err, size_t err_size);
+int ms_compare_write_svg(const char *path, const char *title, const ms_compare_result *r, char *err,
+                         size_t err_size);
 
 #endif

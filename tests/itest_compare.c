@@ -145,13 +145,34 @@ Test(compare, modserve_vs_monolith, .init = s_init, .fini = s_fini, .timeout = T
     snprintf(trace, sizeof trace, "%s", ms_test_path(ms_test_shared_dir(), T_WINDOW));
     snprintf(out, sizeof out, "%s/out", g_dir);
     snprintf(log, sizeof log, "%s/compare.log", g_dir);
-    char *argv[] = {bin,           "bench",         "--compare",   "modserve,monolith",
-                    "--model-info", lm,             "--mmproj",    mm,
-                    "--trace",      trace,          "--rows",      T_ROWS,
-                    "--time-scale", "0.05",         "--rates",     "1,2",
-                    "--max-context", "300",         "--max-gen",   "24",
-                    "--calib-requests", "4",        "--cores",     "2",
-                    "--out",        out,            "-q",          NULL};
+    char *argv[] = {bin,
+                    "bench",
+                    "--compare",
+                    "modserve,monolith",
+                    "--model-info",
+                    lm,
+                    "--mmproj",
+                    mm,
+                    "--trace",
+                    trace,
+                    "--rows",
+                    T_ROWS,
+                    "--time-scale",
+                    "0.05",
+                    "--rates",
+                    "1,2",
+                    "--max-context",
+                    "300",
+                    "--max-gen",
+                    "24",
+                    "--calib-requests",
+                    "4",
+                    "--cores",
+                    "2",
+                    "--out",
+                    out,
+                    "-q",
+                    NULL};
     const int rc = s_run(argv, log, T_CMD_MS);
     cr_assert_eq(rc, 0, "modserve bench --compare exited %d: see %s", rc, log);
 
@@ -164,8 +185,8 @@ Test(compare, modserve_vs_monolith, .init = s_init, .fini = s_fini, .timeout = T
     cr_assert_eq((int)s_num(j, "slo.calibration_requests"), 4);
     cr_assert(s_num(j, "slo.isolated_ttft_p50_ms") > 0);
     /* derived = factor (5) × the isolated P50, rounded up */
-    cr_assert_float_eq(s_num(j, "slo.ttft_ms"), ceil(5 * s_num(j, "slo.isolated_ttft_p50_ms") - 1e-9),
-                       1e-6);
+    cr_assert_float_eq(s_num(j, "slo.ttft_ms"),
+                       ceil(5 * s_num(j, "slo.isolated_ttft_p50_ms") - 1e-9), 1e-6);
     cr_assert_eq((int)s_num(j, "workload.rows"), T_N_ROWS);
     const cJSON *runs = s_at(j, "runs");
     cr_assert_eq(cJSON_GetArraySize(runs), 4);

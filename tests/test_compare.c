@@ -25,8 +25,8 @@ Test(compare, parse_layouts, .timeout = T_TIMEOUT) {
     cr_assert_str_eq(names[0], "modserve");
     cr_assert_str_eq(names[1], "monolith");
     cr_assert_eq(ms_compare_parse_layouts("disagg", names, 3, g_err, sizeof g_err), 1);
-    static const char *const bad[] = {"",          "modserve,",         ",monolith",
-                                      "vllm",      "modserve,modserve", "modserve,,monolith",
+    static const char *const bad[] = {"",        "modserve,",         ",monolith",
+                                      "vllm",    "modserve,modserve", "modserve,,monolith",
                                       "Modserve"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         g_err[0] = '\0';
@@ -34,9 +34,8 @@ Test(compare, parse_layouts, .timeout = T_TIMEOUT) {
                      bad[i]);
         cr_assert(g_err[0], "no message for '%s'", bad[i]);
     }
-    cr_assert_eq(ms_compare_parse_layouts("modserve,monolith,disagg", names, 2, g_err,
-                                          sizeof g_err),
-                 -1);
+    cr_assert_eq(
+        ms_compare_parse_layouts("modserve,monolith,disagg", names, 2, g_err, sizeof g_err), -1);
 }
 
 Test(compare, parse_rates, .timeout = T_TIMEOUT) {
@@ -46,8 +45,8 @@ Test(compare, parse_rates, .timeout = T_TIMEOUT) {
     cr_assert_float_eq(r[2], 4.0, 1e-12);
     cr_assert_eq(ms_compare_parse_rates("0.5", r, 8, g_err, sizeof g_err), 1);
     cr_assert_float_eq(r[0], 0.5, 1e-12);
-    static const char *const bad[] = {"", "0", "-1", "2,1", "1,1", "1,,2", "1,x", "nan", "inf",
-                                      "1 ,2"};
+    static const char *const bad[] = {"",     "0",   "-1",  "2,1", "1,1",
+                                      "1,,2", "1,x", "nan", "inf", "1 ,2"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         cr_assert_eq(ms_compare_parse_rates(bad[i], r, 8, g_err, sizeof g_err), -1, "%s", bad[i]);
     cr_assert_eq(ms_compare_parse_rates("1,2,3", r, 2, g_err, sizeof g_err), -1);
@@ -55,7 +54,8 @@ Test(compare, parse_rates, .timeout = T_TIMEOUT) {
 
 /* ---- the split ---------------------------------------------------------------------------- */
 
-static void s_expect(const ms_compare_split *s, int n, const char *const *names, const int *counts) {
+static void s_expect(const ms_compare_split *s, int n, const char *const *names,
+                     const int *counts) {
     cr_assert_eq(s->n_pools, n);
     int cores = 0;
     for (int i = 0; i < n; i++) {
@@ -141,9 +141,9 @@ Test(compare, split_errors, .timeout = T_TIMEOUT) {
         int cores, encoders;
         bool images;
     } bad[] = {
-        {"vllm", 2, -1, true},    {"monolith", 0, -1, true}, {"monolith", 65, -1, true},
-        {"modserve", 1, -1, true}, {"modserve", 2, 2, true}, {"modserve", 2, 0, true},
-        {"disagg", 2, -1, true},   {"disagg", 4, 3, true},   {"disagg", 1, -1, false},
+        {"vllm", 2, -1, true},     {"monolith", 0, -1, true}, {"monolith", 65, -1, true},
+        {"modserve", 1, -1, true}, {"modserve", 2, 2, true},  {"modserve", 2, 0, true},
+        {"disagg", 2, -1, true},   {"disagg", 4, 3, true},    {"disagg", 1, -1, false},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         g_err[0] = '\0';
@@ -181,8 +181,8 @@ Test(compare, cluster_conf, .timeout = T_TIMEOUT) {
     cr_assert_eq(c.groups[1].vit_batch, 0);
     /* the monolith's one group gets both */
     cr_assert_eq(ms_compare_split_cores("monolith", 2, -1, NULL, true, &s, g_err, sizeof g_err), 0);
-    cr_assert_eq(ms_compare_cluster_conf(&c, "monolith", &s, "/m/lm.gguf", "/m/mm.gguf", NULL,
-                                         8192, 4, g_err, sizeof g_err),
+    cr_assert_eq(ms_compare_cluster_conf(&c, "monolith", &s, "/m/lm.gguf", "/m/mm.gguf", NULL, 8192,
+                                         4, g_err, sizeof g_err),
                  0, "%s", g_err);
     cr_assert_eq(c.groups[0].kv_tokens, 8192);
     cr_assert_eq(c.groups[0].vit_batch, 4);
@@ -201,11 +201,10 @@ Test(compare, cluster_conf, .timeout = T_TIMEOUT) {
     cr_assert_eq(back.groups[0].count, 2);
     free(text);
     /* no model; an encoder without an mmproj */
-    cr_assert_eq(ms_compare_cluster_conf(&c, "monolith", &s, "", NULL, NULL, 0, 0, g_err,
+    cr_assert_eq(
+        ms_compare_cluster_conf(&c, "monolith", &s, "", NULL, NULL, 0, 0, g_err, sizeof g_err), -1);
+    cr_assert_eq(ms_compare_cluster_conf(&c, "monolith", &s, "/m/lm.gguf", NULL, NULL, 0, 0, g_err,
                                          sizeof g_err),
-                 -1);
-    cr_assert_eq(ms_compare_cluster_conf(&c, "monolith", &s, "/m/lm.gguf", NULL, NULL, 0, 0,
-                                         g_err, sizeof g_err),
                  -1);
 }
 
@@ -329,7 +328,8 @@ Test(compare, json_and_svg, .timeout = T_TIMEOUT) {
             c->bin_s = 1;
             c->bins = calloc(3, sizeof *c->bins);
             for (int bi = 0; bi < 3; bi++)
-                c->bins[bi] = (ms_report_bin){.t = bi, .n_lat = 2, .ttft_p99 = 100.0 * (bi + 1 + j)};
+                c->bins[bi] =
+                    (ms_report_bin){.t = bi, .n_lat = 2, .ttft_p99 = 100.0 * (bi + 1 + j)};
         }
     }
     ms_compare_cell *skipped = &r->cells[r->n_cells++];
@@ -343,9 +343,9 @@ Test(compare, json_and_svg, .timeout = T_TIMEOUT) {
     cr_assert_not_null(mkdtemp(dir));
     char path[256];
     snprintf(path, sizeof path, "%s/compare.json", dir);
-    cr_assert_eq(ms_compare_write_json(path, r, "{\"trace\":\"t.csv\",\"rows\":5}", g_err,
-                                       sizeof g_err),
-                 0, "%s", g_err);
+    cr_assert_eq(
+        ms_compare_write_json(path, r, "{\"trace\":\"t.csv\",\"rows\":5}", g_err, sizeof g_err), 0,
+        "%s", g_err);
     char *text = s_slurp(path);
     cJSON *j = cJSON_Parse(text);
     cr_assert_not_null(j, "compare.json does not parse");
@@ -360,14 +360,15 @@ Test(compare, json_and_svg, .timeout = T_TIMEOUT) {
     cJSON *r0 = cJSON_GetArrayItem(runs, 0);
     cr_assert_str_eq(cJSON_GetObjectItem(r0, "label")->valuestring, "modserve-x1");
     cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(r0, "split")), 2);
-    cr_assert_float_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(r0, "modalities"),
-                                                               "all"),
-                                           "goodput_rps")
-                           ->valuedouble,
-                       3.0, 1e-9);
+    cr_assert_float_eq(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(r0, "modalities"), "all"),
+                            "goodput_rps")
+            ->valuedouble,
+        3.0, 1e-9);
     cJSON *r4 = cJSON_GetArrayItem(runs, 4);
     cr_assert(cJSON_IsFalse(cJSON_GetObjectItem(r4, "ran")));
-    cr_assert_str_eq(cJSON_GetObjectItem(r4, "error")->valuestring, "modserve-autoscaler not found");
+    cr_assert_str_eq(cJSON_GetObjectItem(r4, "error")->valuestring,
+                     "modserve-autoscaler not found");
     /* ratios: modserve / monolith per rate (2), goodput 1.5 */
     cJSON *ratios = cJSON_GetObjectItem(j, "ratios");
     cr_assert_eq(cJSON_GetArraySize(ratios), 2);

@@ -90,7 +90,8 @@ static const char s_usage[] =
     "  --autoscale          also run modserve with modserve-autoscaler (--autoscale-args S)\n"
     "  --port-base N        first port base tried for the clusters (default: pid-derived)\n"
     "Exit status: 0 every request completed; 1 some failed (the report is still written) or\n"
-    "an error; 2 bad usage.\n";
+    "an error; 2 bad usage. --compare: 0 when the runs were made and the files written\n"
+    "(failed requests are part of the results), 1 when none could run or on an error.\n";
 
 typedef struct bench_args {
     const char *trace, *start, *rows, *dir, *broker, *redis, *prefix, *lm, *mmproj, *out;
@@ -825,8 +826,8 @@ static int s_compare_main(const bench_args *a) {
     char err[MS_ERR_SIZE];
     ms_compare_opts o;
     ms_compare_opts_default(&o);
-    o.n_layouts = ms_compare_parse_layouts(a->compare, o.layouts, MS_COMPARE_MAX_LAYOUTS, err,
-                                           sizeof err);
+    o.n_layouts =
+        ms_compare_parse_layouts(a->compare, o.layouts, MS_COMPARE_MAX_LAYOUTS, err, sizeof err);
     if (o.n_layouts < 0 ||
         (o.n_rates = ms_compare_parse_rates(a->rates ? a->rates : "1", o.rates,
                                             MS_COMPARE_MAX_RATES, err, sizeof err)) < 0) {
